@@ -1,0 +1,33 @@
+"""Inference cache: per-layer conv and SSM states carried between prefill and decode steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LayerState:
+    """``conv`` holds the last ``d_conv`` conv inputs ``[B, C, K]``; ``ssm`` the recurrent state."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class InferenceCache:
+    """States of every layer plus the number of tokens consumed so far."""
+
+    def __init__(self, layers: list[LayerState], batch_size: int):
+        self.layers = layers
+        self.batch_size = batch_size
+        self.seqlen_offset = 0
+
+    def reset(self) -> None:
+        for s in self.layers:
+            s.conv.zero_()
+            s.ssm.zero_()
+        self.seqlen_offset = 0
+
+    def nbytes(self) -> int:
+        return sum(s.conv.numel() * s.conv.element_size() + s.ssm.numel() * s.ssm.element_size()
+                   for s in self.layers)

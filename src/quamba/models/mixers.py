@@ -1,0 +1,143 @@
+"""Floating-point Mamba1 and Mamba2 mixers (the sequence-mixing half of a block).
+
+Parameter names and shapes follow the transformers / mamba_ssm checkpoints, so state dicts load
+directly. Each mixer runs in two modes: prefill (whole sequence through the chunked scan,
+continuing from a cache when given) and decode (one token from the cache).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..config import MambaConfig
+from .cache import LayerState
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
+        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
+        self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        self.A_log = nn.Parameter(torch.empty(di, n))
+        self.D = nn.Parameter(torch.empty(di))
+        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+
+    def allocate_state(self, batch: int, device, dtype) -> LayerState:
+        c = self.cfg
+        return LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv, device=device, dtype=dtype),
+                          ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.float32))
+
+    def _ssm_params(self, x: torch.Tensor):
+        c = self.cfg
+        dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = dt @ self.dt_proj.weight.t()
+        return dt, B, C, -torch.exp(self.A_log.float())
+
+    def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        w = self.conv1d.weight[:, 0]
+        if state is not None and h.shape[1] == 1:
+            x = ops.causal_conv1d_update(x[:, 0], state.conv, w, self.conv1d.bias, silu=True)
+            dt, B, C, A = self._ssm_params(x)
+            y = ops.selective_state_update(state.ssm, x, dt, A, B, C, self.D, z[:, 0],
+                                           dt_bias=self.dt_proj.bias, dt_softplus=True)
+            return self.out_proj(y).unsqueeze(1)
+        conv_in = x
+        x = ops.causal_conv1d(x, w, self.conv1d.bias, silu=True,
+                              initial_state=state.conv if state is not None else None)
+        dt, B, C, A = self._ssm_params(x)
+        y, last = ops.selective_scan(x, dt, A, B, C, self.D, z, delta_bias=self.dt_proj.bias,
+                                     delta_softplus=True, initial_state=state.ssm if state is not None else None)
+        if state is not None:
+            state.conv.copy_(ops.conv_state_from_inputs(conv_in, self.cfg.d_conv, state.conv))
+            state.ssm.copy_(last)
+        return self.out_proj(y)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        di, h = cfg.d_inner, cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, cfg.in_proj_dim, bias=cfg.proj_bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(h))
+        self.A_log = nn.Parameter(torch.empty(h))
+        self.D = nn.Parameter(torch.empty(h))
+        self.norm = GatedRMSNorm(di, di // cfg.ngroups, cfg.norm_eps)
+        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+
+    def allocate_state(self, batch: int, device, dtype) -> LayerState:
+        c = self.cfg
+        return LayerState(conv=torch.zeros(batch, c.conv_dim, c.d_conv, device=device, dtype=dtype),
+                          ssm=torch.zeros(batch, c.nheads, c.headdim, c.d_state, device=device,
+                                          dtype=torch.float32))
+
+    def split_in_proj(self, zxbcdt: torch.Tensor):
+        """``in_proj`` output -> (z, xBC, dt), the mamba_ssm segment order [z, x, B, C, dt]."""
+        c = self.cfg
+        return zxbcdt.split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
+
+    def split_xbc(self, xbc: torch.Tensor):
+        c = self.cfg
+        return xbc.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+
+    def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
+        c = self.cfg
+        b, L, _ = h.shape
+        z, xbc, dt = self.split_in_proj(self.in_proj(h))
+        w = self.conv1d.weight[:, 0]
+        A = -torch.exp(self.A_log.float())
+        if state is not None and L == 1:
+            xbc = ops.causal_conv1d_update(xbc[:, 0], state.conv, w, self.conv1d.bias, silu=True)
+            x, B, C = self.split_xbc(xbc)
+            y = ops.ssd_state_update(state.ssm, x.reshape(b, c.nheads, c.headdim), dt[:, 0], A,
+                                     B.reshape(b, c.ngroups, c.d_state), C.reshape(b, c.ngroups, c.d_state),
+                                     self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit)
+            y = y.reshape(b, 1, c.d_inner)
+        else:
+            conv_in = xbc
+            xbc = ops.causal_conv1d(xbc, w, self.conv1d.bias, silu=True,
+                                    initial_state=state.conv if state is not None else None)
+            x, B, C = self.split_xbc(xbc)
+            y, last = ops.ssd_chunked(x.reshape(b, L, c.nheads, c.headdim), dt, A,
+                                      B.reshape(b, L, c.ngroups, c.d_state), C.reshape(b, L, c.ngroups, c.d_state),
+                                      c.chunk_size, self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                                      dt_limit=c.dt_limit, initial_state=state.ssm if state is not None else None)
+            if state is not None:
+                state.conv.copy_(ops.conv_state_from_inputs(conv_in, c.d_conv, state.conv))
+                state.ssm.copy_(last)
+            y = y.reshape(b, L, c.d_inner)
+        return self.out_proj(self.norm(y, z))
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm_group(y * silu(z)) * weight`` with ``group_size = d_inner / ngroups``."""
+
+    def __init__(self, dim: int, group_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return ops.gated_rms_norm(y, z, self.weight, self.eps, self.group_size)
+
+
+class RMSNorm(nn.Module):
+    """Pre-norm with the residual add fused in: ``forward(x, residual) -> (normed, residual)``."""
+
+    def __init__(self, dim: int, eps: float, residual_in_fp32: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return ops.add_rms_norm(x, residual, self.weight, self.eps, self.residual_in_fp32)

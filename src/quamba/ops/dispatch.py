@@ -1,0 +1,86 @@
+"""The one place that decides, per op, whether the plain-torch reference or a Triton kernel runs.
+
+Every op the models call is looked up here by name. A Triton implementation registered in
+``TRITON_KERNELS`` runs when the backend allows it and the first tensor argument lives on a CUDA
+device; otherwise the reference in ``quamba.ops.reference`` (or ``quamba.ops.qreference``) runs.
+The backend comes from ``set_backend`` or the ``QUAMBA_BACKEND`` environment variable
+(``auto`` — the default —, ``torch`` or ``triton``).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+BACKENDS = ("auto", "torch", "triton")
+
+# op name -> "module:function" of its Triton implementation (same signature as the reference).
+TRITON_KERNELS: dict[str, str] = {}
+
+_backend = os.environ.get("QUAMBA_BACKEND", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Choose ``auto`` (Triton on CUDA tensors when available), ``torch`` (always reference) or ``triton``."""
+    global _backend
+    if name not in BACKENDS:
+        raise InvalidArgumentError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Temporarily run with another backend."""
+    old = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _load(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def kernel_for(name: str, x: torch.Tensor) -> Callable | None:
+    """The Triton implementation of ``name`` to use for tensor ``x``, or None for the reference."""
+    if _backend == "torch" or name not in TRITON_KERNELS:
+        return None
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if not (x.is_cuda or (interpret and _backend == "triton")) or not triton_available():
+        return None
+    return _load(TRITON_KERNELS[name])
+
+
+def dispatched(name: str, reference: Callable) -> Callable:
+    """Wrap ``reference`` so that calls go to the registered kernel when one applies."""
+
+    @functools.wraps(reference)
+    def op(*args, **kwargs):
+        impl = kernel_for(name, args[0])
+        return (impl or reference)(*args, **kwargs)
+
+    op.reference = reference  # type: ignore[attr-defined]
+    return op
