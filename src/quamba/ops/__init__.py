@@ -1,8 +1,9 @@
 """Ops the models call; each dispatches to a Triton kernel or to its plain-torch reference."""
-from . import reference
+from . import qreference, reference
 from .dispatch import backend, dispatched, get_backend, set_backend
 
-rms_norm = dispatched("rms_norm", reference.rms_norm)
+# floating point
+rms_norm = reference.rms_norm
 add_rms_norm = dispatched("add_rms_norm", reference.add_rms_norm)
 gated_rms_norm = dispatched("gated_rms_norm", reference.gated_rms_norm)
 causal_conv1d = dispatched("causal_conv1d", reference.causal_conv1d)
@@ -13,8 +14,18 @@ ssd_chunked = dispatched("ssd_chunked", reference.ssd_chunked)
 ssd_state_update = dispatched("ssd_state_update", reference.ssd_state_update)
 conv_state_from_inputs = reference.conv_state_from_inputs
 
-__all__ = [
-    "reference", "backend", "get_backend", "set_backend", "rms_norm", "add_rms_norm", "gated_rms_norm",
-    "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "ssd_chunked",
-    "ssd_state_update", "conv_state_from_inputs",
-]
+# int8 (W8A8)
+quantize = qreference.quantize
+dequantize = qreference.dequantize
+per_token_quantize = qreference.per_token_quantize
+int8_linear = dispatched("int8_linear", qreference.int8_linear)
+qadd_rms_norm = dispatched("qadd_rms_norm", qreference.qadd_rms_norm)
+qgated_rms_norm = dispatched("qgated_rms_norm", qreference.qgated_rms_norm)
+qcausal_conv1d = dispatched("qcausal_conv1d", qreference.qcausal_conv1d)
+qcausal_conv1d_update = dispatched("qcausal_conv1d_update", qreference.qcausal_conv1d_update)
+qselective_scan = dispatched("qselective_scan", qreference.qselective_scan)
+qselective_state_update = dispatched("qselective_state_update", qreference.qselective_state_update)
+qssd_chunked = dispatched("qssd_chunked", qreference.qssd_chunked)
+qssd_state_update = dispatched("qssd_state_update", qreference.qssd_state_update)
+hadamard_quant = dispatched("hadamard_quant", qreference.hadamard_quant)
+qembedding = dispatched("qembedding", qreference.qembedding)

@@ -21,7 +21,27 @@ from ..errors import InvalidArgumentError
 BACKENDS = ("auto", "torch", "triton")
 
 # op name -> "module:function" of its Triton implementation (same signature as the reference).
-TRITON_KERNELS: dict[str, str] = {}
+TRITON_KERNELS: dict[str, str] = {
+    "add_rms_norm": "quamba.kernels.norm:add_rms_norm",
+    "gated_rms_norm": "quamba.kernels.norm:gated_rms_norm",
+    "causal_conv1d": "quamba.kernels.conv1d:causal_conv1d",
+    "causal_conv1d_update": "quamba.kernels.conv1d:causal_conv1d_update",
+    "selective_scan": "quamba.kernels.selective_scan:selective_scan",
+    "selective_state_update": "quamba.kernels.state_update:selective_state_update",
+    "ssd_chunked": "quamba.kernels.ssd:ssd_chunked",
+    "ssd_state_update": "quamba.kernels.state_update:ssd_state_update",
+    "int8_linear": "quamba.kernels.int8_gemm:int8_linear",
+    "qadd_rms_norm": "quamba.kernels.qnorm:qadd_rms_norm",
+    "qgated_rms_norm": "quamba.kernels.qnorm:qgated_rms_norm",
+    "qcausal_conv1d": "quamba.kernels.qconv1d:qcausal_conv1d",
+    "qcausal_conv1d_update": "quamba.kernels.qconv1d:qcausal_conv1d_update",
+    "qselective_scan": "quamba.kernels.selective_scan:qselective_scan",
+    "qselective_state_update": "quamba.kernels.state_update:qselective_state_update",
+    "qssd_chunked": "quamba.kernels.ssd:qssd_chunked",
+    "qssd_state_update": "quamba.kernels.state_update:qssd_state_update",
+    "hadamard_quant": "quamba.kernels.hadamard:hadamard_quant",
+    "qembedding": "quamba.kernels.qembedding:qembedding",
+}
 
 _backend = os.environ.get("QUAMBA_BACKEND", "auto")
 
