@@ -4,10 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton: kernels run on CPU tensors
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 SHARED = Path(os.environ.get("QUAMBA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
