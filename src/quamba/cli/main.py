@@ -11,7 +11,7 @@ import sys
 
 from ..errors import QuambaError
 
-COMMANDS = ["generate", "info"]
+COMMANDS = ["generate", "info", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

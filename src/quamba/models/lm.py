@@ -84,23 +84,25 @@ class MambaLM(nn.Module):
 def init_random_weights(model: MambaLM, seed: int = 0, std: float = 0.02) -> MambaLM:
     """Fill a model with the usual Mamba initialisation (S4D-real A, dt in [1e-3, 1e-1]), for tests
     and speed work at real shapes."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
     cfg = model.config
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g)
+    gens: dict[torch.device, torch.Generator] = {}
 
     for name, p in model.named_parameters():
         dev, dt = p.device, p.dtype
+        g = gens.setdefault(dev, torch.Generator(device=dev).manual_seed(seed))
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=g, device=dev)
+
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "A_log":
             n = p.shape[-1] if cfg.arch == "mamba1" else p.shape[0]
-            a = torch.arange(1, n + 1, dtype=torch.float32)
+            a = torch.arange(1, n + 1, dtype=torch.float32, device=dev)
             val = torch.log(a).expand(p.shape) if cfg.arch == "mamba1" else torch.log(a)
         elif leaf == "D":
-            val = torch.ones(p.shape)
+            val = torch.ones(p.shape, device=dev)
         elif leaf == "dt_bias" or name.endswith("dt_proj.bias"):
-            u = torch.rand(p.shape, generator=g)
+            u = torch.rand(p.shape, generator=g, device=dev)
             t = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
             val = t + torch.log(-torch.expm1(-t))
         elif "norm" in name:
