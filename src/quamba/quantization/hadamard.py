@@ -94,7 +94,7 @@ def _sylvester(p: int) -> Tensor:
     return h
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def _matrix_int8(n: int) -> Tensor:
     m, p = _check(n)
     h = torch.kron(_base(m), _sylvester(p)) if m > 1 else _sylvester(p)
