@@ -1,0 +1,92 @@
+"""Pieces shared by the small memory-bound kernels (conv, norms, decode state updates).
+
+- scale arguments: a scale arrives as a Python float, a one-element tensor or a per-channel tensor;
+  ``scale_arg`` turns it into (pointer, value, mode) so one kernel serves all three without host syncs;
+- exact int8 quantization: IEEE division (``div_rn``) then round-half-to-even built from ``floor``
+  (libdevice ``rint`` has no interpreter implementation), then saturation, as ``torch.round`` + clamp;
+- fp32 activations (SiLU, softplus with an accurate log1p) written with core ``tl`` ops only.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import InvalidArgumentError
+
+SCALAR, SCALAR_PTR, PER_CHANNEL = 0, 1, 2
+
+
+def scale_arg(scale, channels: int, name: str) -> tuple[torch.Tensor | None, float, int]:
+    """``(pointer or None, value, mode)`` for a scale that is a float, a 1-element or a ``[channels]`` tensor."""
+    if scale is None:
+        return None, 1.0, SCALAR
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() == 1:
+            return scale.reshape(1), 1.0, SCALAR_PTR
+        if scale.numel() == channels:
+            return scale.reshape(-1), 1.0, PER_CHANNEL
+        raise InvalidArgumentError(f"{name} has {scale.numel()} elements; expected 1 or {channels}")
+    return None, float(scale), SCALAR
+
+
+def per_tensor_scale_arg(scale, name: str) -> tuple[torch.Tensor | None, float, int]:
+    """Like ``scale_arg`` for scales that must be per-tensor (a float or a one-element tensor)."""
+    return scale_arg(scale, 1, name)
+
+
+def pow2(n: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InvalidArgumentError(msg)
+
+
+@triton.jit
+def load_scale(ptr, val, offs, mask, MODE: tl.constexpr):
+    """The scale as fp32: the scalar ``val`` (MODE 0), ``ptr[0]`` (MODE 1) or ``ptr[offs]`` (MODE 2)."""
+    if MODE == 2:
+        s = tl.load(ptr + offs, mask=mask, other=1.0).to(tl.float32)
+    elif MODE == 1:
+        s = tl.load(ptr).to(tl.float32)
+    else:
+        s = val
+    return s
+
+
+@triton.jit
+def round_half_even(x):
+    """Round to the nearest integer, ties to even (exact for every finite fp32)."""
+    f = tl.floor(x)
+    d = x - f
+    odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
+    up = (d > 0.5) | ((d == 0.5) & odd)
+    return tl.where(up, f + 1.0, f)
+
+
+@triton.jit
+def quantize_int8(y, scale):
+    """``clamp(round_half_even(y / scale), -128, 127)`` as int8, with an IEEE-rounded division."""
+    q = round_half_even(tl.div_rn(y, scale + tl.zeros_like(y)))
+    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
+
+
+@triton.jit
+def silu(x):
+    return x / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def log1p(x):
+    """Accurate ``log(1 + x)`` for x > -1: corrects the rounding of ``1 + x`` (Goldberg's trick)."""
+    u = 1.0 + x
+    d = u - 1.0
+    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def softplus(x):
+    """``torch.nn.functional.softplus`` with beta 1 and threshold 20."""
+    return tl.where(x > 20.0, x, log1p(tl.exp(tl.minimum(x, 20.0))))

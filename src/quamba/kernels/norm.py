@@ -1,0 +1,131 @@
+"""Fused residual-add + RMSNorm and Mamba2's gated group RMSNorm; one program per row (per group).
+
+Statistics are fp32. The roundings of ``quamba.ops.reference`` are reproduced: the residual sum is
+rounded to the residual's dtype, the normalized value to the input dtype before the weight multiply,
+and the result has the dtype torch promotion gives ``normed * weight``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._small_common import check, load_scale, pow2, silu
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def residual_sum(x_ptr, r_ptr, row, sx, sr, offs, m, HAS_RES: tl.constexpr):
+    """``residual + x`` rounded to the residual's dtype (``x`` alone without a residual)."""
+    x = tl.load(x_ptr + row * sx + offs, mask=m, other=0.0)
+    if HAS_RES:
+        r = tl.load(r_ptr + row * sr + offs, mask=m, other=0.0)
+        s = (r.to(tl.float32) + x.to(r.dtype).to(tl.float32)).to(r.dtype)
+    else:
+        s = x
+    return s
+
+
+@triton.jit
+def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, D, sx, sr, sy, sro, eps,
+                         HAS_RES: tl.constexpr, HAS_W: tl.constexpr, STORE_RES: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < D
+    s = residual_sum(x_ptr, r_ptr, row, sx, sr, offs, m, HAS_RES)
+    if STORE_RES:
+        tl.store(ro_ptr + row * sro + offs, s.to(ro_ptr.dtype.element_ty), mask=m)
+    h = s.to(x_ptr.dtype.element_ty).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
+    y = (h * rstd).to(x_ptr.dtype.element_ty)
+    if HAS_W:
+        y = y.to(tl.float32) * tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * sy + offs, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, zs_ptr, zs_val, G, sx, sz, sy, eps,
+                           HAS_Z: tl.constexpr, Z_INT8: tl.constexpr, ZS_MODE: tl.constexpr,
+                           HAS_W: tl.constexpr, ROUND_MID: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(1)
+    offs = tl.arange(0, BLOCK)
+    m = offs < G
+    ch = grp * G + offs
+    v = tl.load(x_ptr + row * sx + ch, mask=m, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row * sz + ch, mask=m, other=0.0).to(tl.float32)
+        if Z_INT8:
+            z = z * load_scale(zs_ptr, zs_val, ch, m, ZS_MODE)
+        v = v * silu(z)
+    rstd = tl.rsqrt(tl.sum(v * v, axis=0) / G + eps)
+    y = v * rstd
+    if ROUND_MID:
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+    if HAS_W:
+        y = y * tl.load(w_ptr + ch, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * sy + ch, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+def rows_of(t: Tensor, d: int) -> Tensor:
+    """``t`` as a 2-D ``[rows, d]`` view with unit channel stride (a copy only when that is impossible)."""
+    t2 = t.reshape(-1, d)
+    return t2 if t2.stride(-1) == 1 or d == 1 else t2.contiguous()
+
+
+def norm_warps(block: int) -> int:
+    return max(1, min(16, block // 256))
+
+
+def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float,
+                 residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
+    """``residual += x`` then RMSNorm; returns ``(normed, new_residual)`` as ``reference.add_rms_norm``."""
+    d = x.shape[-1]
+    check(residual is None or residual.shape == x.shape,
+          f"residual {None if residual is None else tuple(residual.shape)} does not match x {tuple(x.shape)}")
+    check(weight is None or weight.numel() == d, f"norm weight does not match {d} channels")
+    x2 = rows_of(x, d)
+    r2 = rows_of(residual, d) if residual is not None else None
+    res_dtype = torch.float32 if residual_in_fp32 else (residual.dtype if residual is not None else x.dtype)
+    store_res = residual is not None or res_dtype != x.dtype
+    out_dtype = torch.promote_types(x.dtype, weight.dtype) if weight is not None else x.dtype
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    res = torch.empty(x.shape, device=x.device, dtype=res_dtype) if store_res else x
+    rows = x2.shape[0]
+    if rows == 0 or d == 0:
+        return y, res
+    block = pow2(d, 16)
+    _add_rms_norm_kernel[(rows,)](
+        x2, r2, weight, y, res if store_res else None, d, x2.stride(0), r2.stride(0) if r2 is not None else 0,
+        d, d, float(eps), HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res,
+        BLOCK=block, num_warps=norm_warps(block))
+    return y, res
+
+
+def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float, group_size: int,
+                 out_dtype: torch.dtype, round_mid: bool, zs=None, zs_val: float = 1.0, zs_mode: int = 0) -> Tensor:
+    """Shared launcher of the (int8-gate or float-gate) gated RMSNorm kernel."""
+    d = x.shape[-1]
+    check(group_size > 0 and d % group_size == 0, f"group size {group_size} does not divide {d} channels")
+    check(z is None or z.shape == x.shape, f"gate {None if z is None else tuple(z.shape)} != x {tuple(x.shape)}")
+    check(weight is None or weight.numel() == d, f"norm weight does not match {d} channels")
+    x2 = rows_of(x, d)
+    z2 = rows_of(z, d) if z is not None else None
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    rows = x2.shape[0]
+    if rows == 0 or d == 0:
+        return y
+    block = pow2(group_size, 16)
+    _gated_rms_norm_kernel[(rows, d // group_size)](
+        x2, z2, weight, y, zs, zs_val, group_size, x2.stride(0), z2.stride(0) if z2 is not None else 0, d,
+        float(eps), HAS_Z=z is not None, Z_INT8=z is not None and z.dtype == torch.int8, ZS_MODE=zs_mode,
+        HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block))
+    return y
+
+
+def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float, group_size: int) -> Tensor:
+    """RMSNorm per group of ``x * silu(z)``, times weight; see ``reference.gated_rms_norm``."""
+    out_dtype = torch.promote_types(x.dtype, weight.dtype) if weight is not None else x.dtype
+    return launch_gated(x, z, weight, eps, group_size, out_dtype, round_mid=True)
