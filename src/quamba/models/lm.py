@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..config import MambaConfig
 from .cache import InferenceCache
-from .mixers import Mamba1Mixer, Mamba2Mixer, RMSNorm
+from .mixers import Linear, Mamba1Mixer, Mamba2Mixer, RMSNorm
 
 
 class Block(nn.Module):
@@ -43,7 +43,7 @@ class MambaLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.backbone = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
 

@@ -14,18 +14,36 @@ from ..config import MambaConfig
 from .cache import LayerState
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose forward goes through ``ops.linear`` (a GEMV kernel at decode on CUDA)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
+def _negative_exp(mixer: nn.Module) -> torch.Tensor:
+    """``A = -exp(A_log)`` in fp32, recomputed only when ``A_log`` changes (saves launches per step)."""
+    p = mixer.A_log
+    key = (p.data_ptr(), p.dtype, p.device, p._version)
+    cached = getattr(mixer, "_A_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, -torch.exp(p.detach().float()))
+        mixer._A_cache = cached
+    return cached[1]
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         self.cfg = cfg
         di, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank
-        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
+        self.in_proj = Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
         self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
-        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, di, bias=True)
+        self.x_proj = Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = Linear(r, di, bias=True)
         self.A_log = nn.Parameter(torch.empty(di, n))
         self.D = nn.Parameter(torch.empty(di))
-        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+        self.out_proj = Linear(di, cfg.d_model, bias=cfg.proj_bias)
 
     def allocate_state(self, batch: int, device, dtype) -> LayerState:
         c = self.cfg
@@ -35,8 +53,7 @@ class Mamba1Mixer(nn.Module):
     def _ssm_params(self, x: torch.Tensor):
         c = self.cfg
         dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = dt @ self.dt_proj.weight.t()
-        return dt, B, C, -torch.exp(self.A_log.float())
+        return ops.linear(dt, self.dt_proj.weight), B, C, _negative_exp(self)
 
     def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
         x, z = self.in_proj(h).chunk(2, dim=-1)
@@ -64,14 +81,14 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         di, h = cfg.d_inner, cfg.nheads
-        self.in_proj = nn.Linear(cfg.d_model, cfg.in_proj_dim, bias=cfg.proj_bias)
+        self.in_proj = Linear(cfg.d_model, cfg.in_proj_dim, bias=cfg.proj_bias)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
                                 padding=cfg.d_conv - 1, bias=cfg.conv_bias)
         self.dt_bias = nn.Parameter(torch.empty(h))
         self.A_log = nn.Parameter(torch.empty(h))
         self.D = nn.Parameter(torch.empty(h))
         self.norm = GatedRMSNorm(di, di // cfg.ngroups, cfg.norm_eps)
-        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+        self.out_proj = Linear(di, cfg.d_model, bias=cfg.proj_bias)
 
     def allocate_state(self, batch: int, device, dtype) -> LayerState:
         c = self.cfg
@@ -93,7 +110,7 @@ class Mamba2Mixer(nn.Module):
         b, L, _ = h.shape
         z, xbc, dt = self.split_in_proj(self.in_proj(h))
         w = self.conv1d.weight[:, 0]
-        A = -torch.exp(self.A_log.float())
+        A = _negative_exp(self)
         if state is not None and L == 1:
             xbc = ops.causal_conv1d_update(xbc[:, 0], state.conv, w, self.conv1d.bias, silu=True)
             x, B, C = self.split_xbc(xbc)

@@ -3,6 +3,7 @@ from . import qreference, reference
 from .dispatch import backend, dispatched, get_backend, set_backend
 
 # floating point
+linear = dispatched("linear", reference.linear)
 rms_norm = reference.rms_norm
 add_rms_norm = dispatched("add_rms_norm", reference.add_rms_norm)
 gated_rms_norm = dispatched("gated_rms_norm", reference.gated_rms_norm)

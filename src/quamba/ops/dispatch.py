@@ -22,6 +22,7 @@ BACKENDS = ("auto", "torch", "triton")
 
 # op name -> "module:function" of its Triton implementation (same signature as the reference).
 TRITON_KERNELS: dict[str, str] = {
+    "linear": "quamba.kernels.gemv:linear",
     "add_rms_norm": "quamba.kernels.norm:add_rms_norm",
     "gated_rms_norm": "quamba.kernels.norm:gated_rms_norm",
     "causal_conv1d": "quamba.kernels.conv1d:causal_conv1d",

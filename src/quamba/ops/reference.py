@@ -15,6 +15,11 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight^T + bias`` (the reference of the decode GEMV kernel)."""
+    return F.linear(x, weight, bias)
+
+
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """RMSNorm over the last dim; statistics in fp32, result in ``x.dtype``."""
     xf = x.float()
