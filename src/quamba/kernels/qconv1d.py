@@ -1,0 +1,153 @@
+"""Int8 depthwise causal conv1d + SiLU with int8 output (W8A8), prefill and one-token decode.
+
+Same tiling as ``conv1d``: int8 taps are multiplied and accumulated in int32 (exact), then
+``acc * w_scale * x_scale + b_q * b_scale`` in fp32, SiLU, and static int8 quantization with
+round-half-to-even. Every scale is a Python float, a one-element tensor or a per-channel ``[D]`` tensor.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg, silu
+from .conv1d import update_block
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _dequant_silu_quant(acc, b_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
+                        XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
+                        HAS_BIAS: tl.constexpr):
+    y = acc.to(tl.float32) * load_scale(ws_ptr, ws_val, offs_d, md, WS_M)
+    y = y * load_scale(xs_ptr, xs_val, offs_d, md, XS_M)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_d, mask=md, other=0).to(tl.float32) * load_scale(bs_ptr, bs_val, offs_d, md, BS_M)
+    return quantize_int8(silu(y), load_scale(os_ptr, os_val, offs_d, md, OS_M))
+
+
+@triton.jit
+def _qconv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
+                      xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
+                      sxb, sxl, sxd, swd, swk, ssb, ssd, ssk, syb, syl,
+                      XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
+                      K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
+                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.int32)
+    for k in tl.static_range(K):
+        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=md, other=0).to(tl.int32)
+        src = offs_l - (K - 1 - k)
+        m = ((src >= 0) & (src < L))[:, None] & md[None, :]
+        v = tl.load(x_ptr + b * sxb + src[:, None].to(tl.int64) * sxl + offs_d[None, :] * sxd,
+                    mask=m, other=0).to(tl.int32)
+        if HAS_STATE:
+            ms = (src < 0)[:, None] & md[None, :]
+            v += tl.load(s_ptr + b * ssb + offs_d[None, :] * ssd + (src + K)[:, None] * ssk,
+                         mask=ms, other=0).to(tl.int32)
+        acc += v * w[None, :]
+    q = _dequant_silu_quant(acc, b_ptr, offs_d[None, :], md[None, :], xs_ptr, xs_val, ws_ptr, ws_val,
+                            bs_ptr, bs_val, os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS)
+    mo = (offs_l < L)[:, None] & md[None, :]
+    tl.store(y_ptr + b * syb + offs_l[:, None].to(tl.int64) * syl + offs_d[None, :], q, mask=mo)
+
+
+@triton.jit
+def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
+                         xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
+                         sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
+                         XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
+                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, KP)
+    md = offs_d < D
+    base = s_ptr + b * ssb + offs_d[:, None] * ssd
+    xq = tl.load(x_ptr + b * sxb + offs_d * sxd, mask=md, other=0)
+    shifted = tl.load(base + (offs_k + 1)[None, :] * ssk, mask=md[:, None] & (offs_k + 1 < K)[None, :], other=0)
+    shifted = tl.where((offs_k == K - 1)[None, :], xq[:, None], shifted)
+    mk = md[:, None] & (offs_k < K)[None, :]
+    w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mk, other=0).to(tl.int32)
+    acc = tl.sum(shifted.to(tl.int32) * w, axis=1)
+    tl.debug_barrier()  # every read of the old state happens before any thread overwrites it
+    tl.store(base + offs_k[None, :] * ssk, shifted, mask=mk)
+    q = _dequant_silu_quant(acc, b_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val,
+                            os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS)
+    tl.store(y_ptr + b * syb + offs_d, q, mask=md)
+
+
+def _scales(d: int, x_scale, w_scale, b_q, b_scale, out_scale) -> tuple:
+    xs = scale_arg(x_scale, d, "x_scale")
+    ws = scale_arg(w_scale, d, "w_scale")
+    bs = scale_arg(b_scale if b_q is not None else None, d, "b_scale")
+    os_ = scale_arg(out_scale, d, "out_scale")
+    return xs, ws, bs, os_
+
+
+def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None) -> None:
+    check(w_q.dim() == 2 and w_q.shape[0] == d, f"conv weight {tuple(w_q.shape)} does not match {d} channels")
+    check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
+    check(b_q is None or b_q.numel() == d, f"conv bias does not match {d} channels")
+    for t in (w_q, b_q) + int8:
+        check(t is None or t.dtype == torch.int8, f"expected int8 tensors, got {t.dtype if t is not None else None}")
+
+
+def qcausal_conv1d(x_q: Tensor, x_scale, w_q: Tensor, w_scale, b_q: Tensor | None, b_scale,
+                   out_scale, initial_state: Tensor | None = None) -> Tensor:
+    """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
+    check(x_q.dim() == 3, f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
+    bsz, L, d = x_q.shape
+    k = w_q.shape[-1]
+    _check(d, k, w_q, b_q, x_q, initial_state)
+    if initial_state is not None:
+        check(tuple(initial_state.shape) == (bsz, d, k), f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
+    (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
+                                                                                  out_scale)
+    y = torch.empty((bsz, L, d), device=x_q.device, dtype=torch.int8)
+    if y.numel() == 0:
+        return y
+    b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
+    st = initial_state
+    block_d = min(128, pow2(d, 16))
+    block_l = 32 if L >= 32 else pow2(L, 4)
+    grid = (triton.cdiv(L, block_l), triton.cdiv(d, block_d), bsz)
+    _qconv_fwd_kernel[grid](
+        x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+        x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
+        st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
+        st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
+        XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, HAS_BIAS=b_q is not None, HAS_STATE=st is not None,
+        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+    return y
+
+
+def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale, w_q: Tensor, w_scale,
+                          b_q: Tensor | None, b_scale, out_scale) -> Tensor:
+    """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output."""
+    check(x_q.dim() == 2, f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
+    bsz, d = x_q.shape
+    k = conv_state.shape[-1]
+    _check(d, k, w_q, b_q, x_q, conv_state)
+    check(tuple(conv_state.shape) == (bsz, d, k) and w_q.shape[1] == k,
+          f"conv_state {tuple(conv_state.shape)} / weight {tuple(w_q.shape)} do not match x {tuple(x_q.shape)}")
+    (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
+                                                                                  out_scale)
+    y = torch.empty((bsz, d), device=x_q.device, dtype=torch.int8)
+    if y.numel() == 0:
+        return y
+    b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
+    block_d, warps = update_block(d, bsz)
+    _qconv_update_kernel[(triton.cdiv(d, block_d), bsz)](
+        x_q, conv_state, w_q, b_c, y, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+        x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        w_q.stride(0), w_q.stride(1), y.stride(0),
+        XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
+        BLOCK_D=block_d, num_warps=warps)
+    return y

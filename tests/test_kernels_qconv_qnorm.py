@@ -1,0 +1,253 @@
+"""Triton int8 conv1d (prefill, decode) and int8 norms against the W8A8 reference (qreference).
+
+Int8 outputs must equal the reference or be off by one where float rounding legitimately differs
+(counted, at most 0.1% of the elements). Outputs the wrappers allocate are poisoned first.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from quamba import ops
+from quamba.errors import InvalidArgumentError
+from quamba.kernels import qconv1d as KQC
+from quamba.kernels import qnorm as KQN
+from quamba.kernels._small_common import quantize_int8, round_half_even
+from quamba.ops import qreference as Q
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+MAX_OFF_BY_ONE = 1e-3
+
+
+@contextmanager
+def poisoned_outputs():
+    """Every tensor ``torch.empty`` creates inside the block starts as NaN (floats) or random bytes."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.numel():
+            t.copy_(torch.randint(-100, 100, t.shape, device=t.device).to(t.dtype))
+        return t
+
+    torch.empty = empty
+    try:
+        yield
+    finally:
+        torch.empty = real
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    assert torch.isfinite(a).all(), "non-finite (unwritten?) output"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def assert_int8_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype == torch.int8 and a.shape == b.shape
+    diff = (a.int() - b.int()).abs()
+    assert diff.max().item() <= 1
+    assert (diff > 0).float().mean().item() <= MAX_OFF_BY_ONE
+
+
+def assert_spread(q: torch.Tensor) -> None:
+    """The test values exercise rounding, not just saturation or zero."""
+    assert (q.abs() == 127).float().mean() < 0.3 and (q == 0).float().mean() < 0.3
+
+
+def q8(*shape):
+    return torch.randint(-128, 128, shape, device=DEV, dtype=torch.int8)
+
+
+def scales(kind: str, d: int, base: float):
+    """A scale as a Python float, a one-element tensor or a per-channel ``[d]`` tensor around ``base``."""
+    if kind == "float":
+        return base
+    if kind == "tensor1":
+        return torch.tensor(base, device=DEV)
+    return base * (0.5 + torch.rand(d, device=DEV))
+
+
+# ---------------------------------------------------------------- rounding helper
+
+@triton.jit
+def _round_kernel(x_ptr, r_ptr, q_ptr, scale, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m)
+    tl.store(r_ptr + offs, round_half_even(x), mask=m)
+    tl.store(q_ptr + offs, quantize_int8(x, scale), mask=m)
+
+
+def test_round_half_even_and_saturation():
+    ties = torch.arange(-300, 300, device=DEV, dtype=torch.float32) + 0.5
+    near = torch.tensor([0.49999997, -0.49999997, 1e-8, -1e-8, 126.49999, 127.5, -128.5, -127.5, 3e9, -3e9,
+                         8388607.5, 2.0 ** 23 + 1], device=DEV)
+    x = torch.cat([ties, near, torch.randn(300, device=DEV) * 100])
+    r, q = torch.empty_like(x), torch.empty(x.shape, device=DEV, dtype=torch.int8)
+    _round_kernel[(1,)](x, r, q, 0.5, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    assert torch.equal(r, torch.round(x))
+    assert torch.equal(q, Q.quantize(x, 0.5))
+
+
+# ---------------------------------------------------------------- conv1d
+
+@pytest.mark.parametrize("b,L,d,bias,state", [(1, 37, 97, True, True), (3, 6, 48, False, False),
+                                              (3, 33, 20, True, False)])
+@pytest.mark.parametrize("kind", ["float", "tensor1", "channel"])
+def test_qcausal_conv1d(b, L, d, bias, state, kind):
+    x = torch.randint(-128, 128, (b, L, d + 9), device=DEV, dtype=torch.int8)[:, :, 2:2 + d]
+    w, bq = q8(d, 4), (q8(d) if bias else None)
+    st = q8(b, d, 4) if state else None
+    sc = (scales(kind, d, 0.01), scales(kind, d, 0.02), scales(kind, d, 0.01), scales(kind, d, 0.03))
+    with poisoned_outputs():
+        y = KQC.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st)
+    ref = Q.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st)
+    assert_int8_close(y, ref)
+    assert_spread(ref)
+
+
+@pytest.mark.parametrize("b,d,bias", [(1, 97, True), (3, 48, False)])
+@pytest.mark.parametrize("kind", ["float", "channel"])
+def test_qcausal_conv1d_update(b, d, bias, kind):
+    w, bq = q8(d, 4), (q8(d) if bias else None)
+    state = q8(b, d, 4)
+    ref_state = state.clone()
+    sc = (scales(kind, d, 0.01), scales(kind, d, 0.02), scales(kind, d, 0.01), scales(kind, d, 0.03))
+    for _ in range(2):
+        x = torch.randint(-128, 128, (b, d + 5), device=DEV, dtype=torch.int8)[:, 1:1 + d]
+        with poisoned_outputs():
+            y = KQC.qcausal_conv1d_update(x, state, sc[0], w, sc[1], bq, sc[2], sc[3])
+        ref = Q.qcausal_conv1d_update(x, ref_state, sc[0], w, sc[1], bq, sc[2], sc[3])
+        assert_int8_close(y, ref)
+        assert torch.equal(state, ref_state)
+
+
+def test_qconv_bad_inputs():
+    x = q8(1, 4, 8)
+    with pytest.raises(InvalidArgumentError):
+        KQC.qcausal_conv1d(x, 0.1, q8(8, 4), torch.ones(5, device=DEV), None, None, 0.1)
+    with pytest.raises(InvalidArgumentError):
+        KQC.qcausal_conv1d(x.float(), 0.1, q8(8, 4), 0.1, None, None, 0.1)
+    with pytest.raises(InvalidArgumentError):
+        KQC.qcausal_conv1d_update(x[:, 0], q8(1, 8, 3), 0.1, q8(8, 4), 0.1, None, None, 0.1)
+
+
+# ---------------------------------------------------------------- norms
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("res_kind,residual_in_fp32", [("none", True), ("none", False), ("fp32", True),
+                                                       ("same", False), ("same", True)])
+@pytest.mark.parametrize("kind", ["float", "channel"])
+def test_qadd_rms_norm(dtype, res_kind, residual_in_fp32, kind):
+    b, L, d = 3, 2, 97
+    x = (torch.randn(b, L, d + 4, device=DEV) * 3).to(dtype)[:, :, 1:1 + d]
+    residual = {"none": None, "fp32": torch.randn(b, L, d, device=DEV) * 5,
+                "same": torch.randn(b, L, d, device=DEV).to(dtype)}[res_kind]
+    w = (torch.rand(d, device=DEV) + 0.5).to(dtype)
+    out_scale = scales(kind, d, 3.0 / 127)
+    with poisoned_outputs():
+        y, res = KQN.qadd_rms_norm(x, residual, w, 1e-5, out_scale, residual_in_fp32)
+    ry, rres = Q.qadd_rms_norm(x, residual, w, 1e-5, out_scale, residual_in_fp32)
+    assert_int8_close(y, ry)
+    assert_spread(ry)
+    assert res.dtype == rres.dtype and rel_err(res, rres) < 1e-6
+
+
+@pytest.mark.parametrize("b,L,d,weight", [(1, 1, 1000, True), (3, 1, 40, False)])
+def test_qadd_rms_norm_shapes(b, L, d, weight):
+    x = torch.randn(b, L, d, device=DEV, dtype=torch.float16)
+    residual = torch.randn(b, L, d, device=DEV)
+    w = torch.rand(d, device=DEV, dtype=torch.float16) + 0.5 if weight else None
+    with poisoned_outputs():
+        y, res = KQN.qadd_rms_norm(x, residual, w, 1e-6, torch.tensor([0.03], device=DEV))
+    ry, rres = Q.qadd_rms_norm(x, residual, w, 1e-6, torch.tensor([0.03], device=DEV))
+    assert_int8_close(y, ry)
+    assert rel_err(res, rres) < 1e-6
+
+
+@pytest.mark.parametrize("b,L,d,group", [(3, 2, 96, 32), (1, 1, 60, 60)])
+@pytest.mark.parametrize("kind", ["float", "channel"])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+def test_qgated_rms_norm(b, L, d, group, kind, out_dtype):
+    y = torch.randn(b, L, d, device=DEV, dtype=torch.float16)
+    z = torch.randint(-128, 128, (b, L, d + 6), device=DEV, dtype=torch.int8)[:, :, 3:3 + d]
+    w = torch.randn(d, device=DEV, dtype=torch.float16)
+    zs = scales(kind, d, 0.03)
+    with poisoned_outputs():
+        out = KQN.qgated_rms_norm(y, z, zs, w, 1e-5, group, out_dtype)
+    ref = Q.qgated_rms_norm(y, z, zs, w, 1e-5, group, out_dtype)
+    assert out.dtype == ref.dtype == out_dtype
+    assert rel_err(out, ref) < (2e-3 if out_dtype == torch.float16 else 1e-5)
+
+
+def test_qnorm_bad_inputs():
+    x = torch.randn(2, 16, device=DEV)
+    with pytest.raises(InvalidArgumentError):
+        KQN.qadd_rms_norm(x, None, None, 1e-5, torch.ones(3, device=DEV))
+    with pytest.raises(InvalidArgumentError):
+        KQN.qgated_rms_norm(x, x, 0.1, None, 1e-5, 16)
+
+
+def test_dispatch_reaches_kernels():
+    x = q8(1, 3, 8)
+    with ops.backend("triton"):
+        if DEV == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+            assert ops.dispatch.kernel_for("qcausal_conv1d", x) is KQC.qcausal_conv1d
+            assert ops.dispatch.kernel_for("qcausal_conv1d_update", x) is KQC.qcausal_conv1d_update
+            assert ops.dispatch.kernel_for("qadd_rms_norm", x) is KQN.qadd_rms_norm
+            assert ops.dispatch.kernel_for("qgated_rms_norm", x) is KQN.qgated_rms_norm
+
+
+# ---------------------------------------------------------------- real shapes on the GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [5120, 5120 + 2 * 128, 8192 + 2 * 8 * 128])
+@pytest.mark.parametrize("b,L", [(1, 1024), (3, 257)])
+@pytest.mark.parametrize("kind", ["float", "channel"])
+def test_qcausal_conv1d_gpu(d, b, L, kind):
+    x = torch.randint(-128, 128, (b, L, 2 * d), device=DEV, dtype=torch.int8)[:, :, d // 2:d // 2 + d]
+    w, bq, st = q8(d, 4), q8(d), q8(b, d, 4)
+    sc = (scales(kind, d, 0.01), scales(kind, d, 0.02), scales(kind, d, 0.01), scales(kind, d, 0.03))
+    with poisoned_outputs():
+        y = KQC.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st)
+    assert_int8_close(y, Q.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st))
+    state, ref_state = st.clone(), st.clone()
+    with poisoned_outputs():
+        y = KQC.qcausal_conv1d_update(x[:, 0], state, sc[0], w, sc[1], bq, sc[2], sc[3])
+    assert_int8_close(y, Q.qcausal_conv1d_update(x[:, 0], ref_state, sc[0], w, sc[1], bq, sc[2], sc[3]))
+    assert torch.equal(state, ref_state)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [2560, 4096])
+@pytest.mark.parametrize("rows", [1, 1024])
+def test_qadd_rms_norm_gpu(d, rows):
+    x = torch.randn(1, rows, d, device=DEV, dtype=torch.float16)
+    residual = torch.randn(1, rows, d, device=DEV) * 4
+    w = torch.rand(d, device=DEV, dtype=torch.float16) + 0.5
+    with poisoned_outputs():
+        y, res = KQN.qadd_rms_norm(x, residual, w, 1e-5, 3.0 / 127, True)
+    ry, rres = Q.qadd_rms_norm(x, residual, w, 1e-5, 3.0 / 127, True)
+    assert_int8_close(y, ry)
+    assert rel_err(res, rres) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,group", [(5120, 5120), (8192, 1024)])
+@pytest.mark.parametrize("rows", [1, 1024])
+def test_qgated_rms_norm_gpu(d, group, rows):
+    y = torch.randn(1, rows, d, device=DEV, dtype=torch.float16)
+    z = torch.randint(-128, 128, (1, rows, 2 * d), device=DEV, dtype=torch.int8)[:, :, :d]
+    w = torch.rand(d, device=DEV, dtype=torch.float16) + 0.5
+    zs = scales("channel", d, 0.03)
+    with poisoned_outputs():
+        out = KQN.qgated_rms_norm(y, z, zs, w, 1e-5, group)
+    assert rel_err(out, Q.qgated_rms_norm(y, z, zs, w, 1e-5, group)) < 2e-3
