@@ -1,0 +1,316 @@
+"""Int8 x int8 -> int32 linear layers with fused dequantize / bias / requantize epilogues (W8A8).
+
+``int8_linear`` meets ``quamba.ops.qreference.int8_linear``: exact int32 accumulation, then
+``y = acc * x_scale * w_scale (+ bias)`` in fp32, then either int8 requantization (round half to
+even, saturate) or a cast to ``out_dtype``. Two paths, chosen by the token count ``M``:
+
+- ``M >= 16`` (prefill): a tiled ``tl.dot`` GEMM with grouped tile order, autotuned on sm_90.
+- ``M < 16`` (decode): a weight-streaming GEMV. Each program owns ``BLOCK_N`` output channels and
+  a K range, and multiplies its weight tile by the (16-row padded) activations as ``W @ x^T`` so
+  the weight is the wide tensor-core operand and is read exactly once. When there are too few
+  channel tiles to fill the GPU, K is split across programs into an int32 workspace that a second
+  small kernel sums before the epilogue.
+Scales arrive as Python floats (kernel arguments) or device tensors (pointers); nothing here
+syncs with the host, so calls can be captured in CUDA graphs once the autotuner has run.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import InvalidArgumentError
+
+Tensor = torch.Tensor
+Scale = float | Tensor
+
+GEMV_MAX_M = 15
+_FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sms_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """SM count of a CUDA device (4 under the CPU interpreter, so small tests exercise split-K)."""
+    if device.type != "cuda":
+        return 4
+    return _sms_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@triton.jit
+def round_half_even(x):
+    """``torch.round`` semantics in plain arithmetic (also runs in the interpreter)."""
+    f = tl.floor(x)
+    d = x - f
+    up = f + 1.0
+    odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
+    return tl.where(d > 0.5, up, tl.where((d == 0.5) & odd, up, f))
+
+
+@triton.jit
+def quantize_int8(y, s):
+    """``clamp(round_half_even(y / s), -128, 127)`` as int8, with an IEEE-rounded division."""
+    q = round_half_even(tl.math.div_rn(y, s))
+    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
+
+
+@triton.jit
+def _scale(ptr, val, idx, ok, MODE: tl.constexpr, OTHER: tl.constexpr):
+    if MODE == 0:
+        return val
+    elif MODE == 1:
+        return tl.load(ptr).to(tl.float32)
+    else:
+        return tl.load(ptr + idx, mask=ok, other=OTHER).to(tl.float32)
+
+
+@triton.jit
+def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
+    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it."""
+    row_ok = rows < M
+    col_ok = cols < N
+    y = acc.to(tl.float32) * _scale(xs_ptr, xs_val, rows, row_ok, XS_MODE, 0.0)
+    y = y * _scale(ws_ptr, ws_val, cols, col_ok, WS_MODE, 0.0)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if OS_MODE == 3:
+        out = y.to(out_ptr.dtype.element_ty)
+    else:
+        out = quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
+    tl.store(out_ptr + rows * stride_om + cols, out, mask=row_ok & col_ok)
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                 M, N, K, stride_xm, stride_wn, stride_om, M_BUCKET,
+                 XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rm = offs_m % M
+    rn = offs_n % N
+    a_ptrs = x_ptr + rm[:, None] * stride_xm + offs_k[None, :]
+    b_ptrs = w_ptr + rn[None, :] * stride_wn + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    _epilogue(acc, offs_m[:, None], offs_n[None, :], M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+
+
+def _gemm_configs() -> list[triton.Config]:
+    shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
+        (128, 256, 128, 3, 8), (256, 128, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 64, 4, 4),
+        (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (16, 64, 128, 4, 4),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in shapes]
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    bucket = named_args["M_BUCKET"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(bucket, 16)]
+    return kept or configs[-1:]
+
+
+_gemm_tuned = triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "EVEN_K"],
+                              prune_configs_by={"early_config_prune": _prune_gemm})(_gemm_kernel)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                 M, N, K, stride_xm, stride_wn, stride_om, k_per_split,
+                 XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                 SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    rn = offs_n % N
+    rm = tl.minimum(offs_m, M - 1)
+    k_lo = pid_k * k_per_split
+    k_len = tl.minimum(k_per_split, K - k_lo)
+    w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_lo + offs_k)[None, :]
+    x_ptrs = x_ptr + rm[None, :] * stride_xm + (k_lo + offs_k)[:, None]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    for k in range(0, tl.cdiv(k_len, BLOCK_K)):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptrs)
+        else:
+            k_ok = offs_k < k_len - k * BLOCK_K
+            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0)
+            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0)
+        acc = tl.dot(w, x, acc)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    rows = offs_m[None, :]
+    cols = offs_n[:, None]
+    if SPLIT:
+        tl.store(part_ptr + (pid_k * M + rows) * N + cols, acc, mask=(rows < M) & (cols < N))
+    else:
+        _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
+                  xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                          M, N, n_split, stride_om,
+                          XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          OS_MODE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = M * N
+    ok = offs < total
+    acc = tl.zeros((BLOCK,), dtype=tl.int32)
+    for s in range(0, n_split):
+        acc += tl.load(part_ptr + s * total + offs, mask=ok, other=0)
+    _epilogue(acc, offs // N, offs % N, M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+
+
+def gemv_plan(n: int, k: int, sms: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_N, BLOCK_K, n_split, k_per_split)`` for the decode GEMV.
+
+    Wide channel tiles when there are enough of them to cover every SM; otherwise narrower tiles
+    and a K split targeting about two programs per SM (each split a whole number of K blocks).
+    """
+    block_k = 256 if k >= 256 else max(32, triton.next_power_of_2(k))
+    block_n = 64 if triton.cdiv(n, 64) >= sms else 32
+    tiles = triton.cdiv(n, block_n)
+    k_blocks = triton.cdiv(k, block_k)
+    split = 1 if tiles >= sms else min(k_blocks, triton.cdiv(2 * sms, tiles))
+    per = triton.cdiv(k_blocks, split)
+    return block_n, block_k, triton.cdiv(k_blocks, per), per * block_k
+
+
+def _scale_arg(s: Scale | None, n: int, what: str, device: torch.device, dummy: Tensor) -> tuple[Tensor, float, int]:
+    """``(pointer, value, mode)``: mode 0 = Python float, 1 = one-element tensor, 2 = ``n`` entries."""
+    if s is None:
+        return dummy, 1.0, 3
+    if not isinstance(s, Tensor):
+        return dummy, float(s), 0
+    if s.numel() not in (1, n):
+        raise InvalidArgumentError(f"{what} has {s.numel()} elements; expected 1 or {n}")
+    if s.device != device:
+        if s.numel() == 1 and s.device.type == "cpu":
+            return dummy, float(s.float()), 0
+        raise InvalidArgumentError(f"{what} is on {s.device}, the inputs on {device}")
+    s = s.reshape(-1)
+    return s, 1.0, 1 if s.numel() == 1 else 2
+
+
+def _check(x_q: Tensor, w_q: Tensor, bias: Tensor | None, out_scale: Scale | None, out_dtype: torch.dtype) -> None:
+    if x_q.dtype != torch.int8 or w_q.dtype != torch.int8:
+        raise InvalidArgumentError(f"int8_linear needs int8 operands, got {x_q.dtype} and {w_q.dtype}")
+    if w_q.dim() != 2 or x_q.dim() < 1 or x_q.shape[-1] != w_q.shape[1]:
+        raise InvalidArgumentError(f"int8_linear shapes do not match: x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
+    if w_q.device != x_q.device:
+        raise InvalidArgumentError(f"int8_linear operands on {x_q.device} and {w_q.device}")
+    if bias is not None and (bias.numel() != w_q.shape[0] or bias.device != x_q.device):
+        raise InvalidArgumentError(f"bias must have {w_q.shape[0]} elements on {x_q.device}")
+    if out_scale is None and out_dtype not in _FLOAT_OUT:
+        raise InvalidArgumentError(f"out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
+
+
+def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: Tensor | None = None,
+                out_scale: Scale | None = None, out_dtype: torch.dtype = torch.float16) -> Tensor:
+    """``(x_scale * w_scale) * (x_q @ w_q^T) + bias``; int8 ``x_q [..., K]``, ``w_q [N, K]``.
+
+    ``x_scale``: float or per-token tensor (``M`` entries); ``w_scale``: float or per-channel ``[N]``.
+    With ``out_scale`` (float or ``[N]``) the result is requantized to int8, else cast to ``out_dtype``.
+    """
+    _check(x_q, w_q, bias, out_scale, out_dtype)
+    lead, k, n = x_q.shape[:-1], x_q.shape[-1], w_q.shape[0]
+    x2 = x_q.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    w = w_q if w_q.stride(-1) == 1 else w_q.contiguous()
+    m = x2.shape[0]
+    out = torch.empty((m, n), dtype=torch.int8 if out_scale is not None else out_dtype, device=x_q.device)
+    if m and n:
+        ep = epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
+        if m <= GEMV_MAX_M:
+            launch_gemv(x2, w, out, ep, gemv_plan(n, k, num_sms(x2.device)))
+        else:
+            launch_gemm(x2, w, out, ep)
+    return out.reshape(*lead, n)
+
+
+def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
+                  m: int, n: int, out: Tensor) -> dict:
+    dev = out.device
+    xs, xv, xmode = _scale_arg(x_scale, m, "x_scale", dev, out)
+    ws, wv, wmode = _scale_arg(w_scale, n, "w_scale", dev, out)
+    os_, ov, omode = _scale_arg(out_scale, n, "out_scale", dev, out)
+    return dict(xs_ptr=xs, xs_val=xv, ws_ptr=ws, ws_val=wv, b_ptr=bias.reshape(-1) if bias is not None else out,
+                os_ptr=os_, os_val=ov, XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode)
+
+
+def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
+    """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps) bypasses the autotuner."""
+    m, k = x.shape
+    n = w.shape[0]
+    args = (x, w, out, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"],
+            ep["os_val"], m, n, k, x.stride(0), w.stride(0), out.stride(0), min(triton.next_power_of_2(m), 4096))
+    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
+    if config is None and interpreting():
+        config = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_stages=1, num_warps=4)
+    if config is None:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        _gemm_tuned[grid](*args, EVEN_K=k % 128 == 0, **flags)
+        return
+    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+    _gemm_kernel[grid](*args, EVEN_K=k % config["BLOCK_K"] == 0, **flags, **config)
+
+
+def launch_gemv(x: Tensor, w: Tensor, out: Tensor, ep: dict, plan: tuple[int, int, int, int],
+                num_stages: int = 4) -> None:
+    """Decode GEMV with ``plan = (BLOCK_N, BLOCK_K, n_split, k_per_split)`` (see ``gemv_plan``)."""
+    m, k = x.shape
+    n = w.shape[0]
+    block_n, block_k, split, k_per = plan
+    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
+    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
+    part = torch.empty((split, m, n), dtype=torch.int32, device=x.device) if split > 1 else out
+    _gemv_kernel[(triton.cdiv(n, block_n), split)](
+        x, w, out, part, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per, **flags,
+        SPLIT=split > 1, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
+        num_stages=1 if interpreting() else num_stages, num_warps=4 if block_n <= 64 else 8)
+    if split > 1:
+        block = 256
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+            part, out, *scales, m, n, split, out.stride(0), **flags, BLOCK=block, num_warps=4)

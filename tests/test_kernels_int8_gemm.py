@@ -1,0 +1,156 @@
+"""Triton int8_linear (decode GEMV and prefill GEMM paths) against the W8A8 reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quamba.errors import InvalidArgumentError
+from quamba.kernels import int8_gemm as G
+from quamba.ops import qreference as Q
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every tensor the kernel wrapper allocates starts as NaN (floats) or a sentinel (ints)."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else 77)
+
+    monkeypatch.setattr(G.torch, "empty", empty)
+
+
+def _int8(*shape):
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=DEV)
+
+
+def _assert_float_close(y, ref):
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    assert not torch.isnan(y).any()
+    rtol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[y.dtype]
+    torch.testing.assert_close(y.float(), ref.float(), rtol=rtol, atol=rtol * ref.float().abs().max().item())
+
+
+def _assert_int8_close(y, ref, max_frac=2e-3):
+    assert y.dtype == torch.int8 and y.shape == ref.shape
+    d = (y.int() - ref.int()).abs()
+    assert d.max().item() <= 1
+    assert (d > 0).sum().item() <= max(1, max_frac * d.numel())
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+def test_integer_part_is_exact(m, poisoned):
+    k, n = 100, 72
+    x, w = _int8(m, k), _int8(n, k)
+    y = G.int8_linear(x, w, 1.0, 1.0, out_dtype=torch.float32)
+    exact = (x.double() @ w.double().t()).float()
+    assert torch.equal(y, exact)
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+@pytest.mark.parametrize("k", [100, 300])
+def test_dequant_epilogue_matches_reference(m, k, poisoned):
+    n = 72
+    x, w = _int8(m, k), _int8(n, k)
+    xs = torch.rand(m, device=DEV) * 0.02 + 1e-3
+    ws = torch.rand(n, device=DEV) * 0.01 + 1e-4
+    bias = torch.randn(n, device=DEV)
+    for args in [(0.013, 0.002, None), (xs, 0.002, bias), (0.013, ws, bias), (xs, ws, None)]:
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            y = G.int8_linear(x, w, args[0], args[1], args[2], out_dtype=dt)
+            _assert_float_close(y, Q.int8_linear(x, w, args[0], args[1], args[2], out_dtype=dt))
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+def test_requantized_output_matches_reference(m, poisoned):
+    k, n = 100, 72
+    x, w = _int8(m, k), _int8(n, k)
+    xs = torch.rand(m, device=DEV) * 0.02 + 1e-3
+    ws = torch.rand(n, device=DEV) * 0.01 + 1e-4
+    bias = torch.randn(n, device=DEV)
+    y_ref = Q.int8_linear(x, w, xs, ws, bias, out_dtype=torch.float32)
+    per_tensor = y_ref.abs().max().item() / 100  # a few values saturate
+    per_chan = y_ref.abs().amax(0) / 127 + 1e-6
+    for os_ in (per_tensor, per_chan, torch.tensor(per_tensor, device=DEV)):
+        y = G.int8_linear(x, w, xs, ws, bias, out_scale=os_)
+        _assert_int8_close(y, Q.int8_linear(x, w, xs, ws, bias, out_scale=os_))
+
+
+@pytest.mark.parametrize("lead", [(2, 3), (3, 7)])
+def test_batched_noncontiguous_input(lead, poisoned):
+    k, n = 96, 40
+    big = _int8(*lead, k + 8)
+    x = big[..., 3:3 + k]
+    w = _int8(n, k)
+    xs = torch.rand(*lead, device=DEV) * 0.02 + 1e-3
+    ws = torch.rand(n, device=DEV) * 0.01
+    y = G.int8_linear(x, w, xs, ws, out_dtype=torch.float32)
+    assert y.shape == (*lead, n)
+    _assert_float_close(y, Q.int8_linear(x, w, xs, ws, out_dtype=torch.float32))
+
+
+@pytest.mark.parametrize("plan", [(16, 32, 4, 32), (32, 64, 3, 64), (64, 32, 1, 128)])
+def test_gemv_plans(plan, poisoned):
+    m, k, n = 5, 128, 80
+    x, w = _int8(m, k), _int8(n, k)
+    out = torch.empty(m, n, dtype=torch.float32, device=DEV)
+    ep = G.epilogue_args(1.0, 1.0, None, None, m, n, out)
+    G.launch_gemv(x, w, out, ep, plan)
+    assert torch.equal(out, (x.double() @ w.double().t()).float())
+
+
+def test_gemv_plan_fills_the_gpu():
+    for n, k in [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120), (10576, 2560)]:
+        bn, bk, split, per = G.gemv_plan(n, k, 132)
+        assert split * per >= k > (split - 1) * per and per % bk == 0
+        assert -(-n // bn) * split >= 80
+
+
+def test_bad_inputs_raise():
+    x, w = _int8(2, 16), _int8(8, 16)
+    with pytest.raises(InvalidArgumentError):
+        G.int8_linear(x.float(), w, 1.0, 1.0)
+    with pytest.raises(InvalidArgumentError):
+        G.int8_linear(_int8(2, 15), w, 1.0, 1.0)
+    with pytest.raises(InvalidArgumentError):
+        G.int8_linear(x, w, 1.0, torch.ones(7, device=DEV))
+    with pytest.raises(InvalidArgumentError):
+        G.int8_linear(x, w, 1.0, 1.0, out_dtype=torch.int32)
+
+
+MAMBA_SHAPES = {  # (N, K)
+    "mamba-2.8b in_proj": (10240, 2560), "mamba-2.8b x_proj": (192, 5120),
+    "mamba-2.8b dt_proj": (5120, 160), "mamba-2.8b out_proj": (2560, 5120), "mamba2-2.7b in_proj": (10576, 2560),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 4, 1024])
+@pytest.mark.parametrize("name", list(MAMBA_SHAPES))
+def test_real_shapes_gpu(name, m):
+    n, k = MAMBA_SHAPES[name]
+    x, w = _int8(m, k), _int8(n, k)
+    xs = torch.rand(m, device=DEV) * 0.02 + 1e-3
+    ws = torch.rand(n, device=DEV) * 0.01 + 1e-4
+    bias = torch.randn(n, device=DEV)
+    exact = G.int8_linear(x, w, 1.0, 1.0, out_dtype=torch.float32)
+    assert torch.equal(exact, (x.double() @ w.double().t()).float())
+    _assert_float_close(G.int8_linear(x, w, xs, ws, bias), Q.int8_linear(x, w, xs, ws, bias))
+    ref = Q.int8_linear(x, w, xs, ws, bias, out_dtype=torch.float32)
+    os_ = ref.abs().amax(0) / 127 + 1e-6
+    _assert_int8_close(G.int8_linear(x, w, xs, ws, bias, out_scale=os_), Q.int8_linear(x, w, xs, ws, bias,
+                                                                                         out_scale=os_))
+
+
+def test_dispatch_routes_to_the_kernel(monkeypatch):
+    from quamba import ops
+    calls = []
+    real = G.launch_gemv
+    monkeypatch.setattr(G, "launch_gemv", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    x, w = _int8(2, 40), _int8(24, 40)
+    with ops.backend("triton"):
+        y = ops.int8_linear(x, w, 0.5, 0.25, out_dtype=torch.float32)
+    assert calls and torch.equal(y, Q.int8_linear(x, w, 0.5, 0.25, out_dtype=torch.float32))
