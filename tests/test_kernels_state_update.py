@@ -178,8 +178,9 @@ def test_qssd_state_update(b, h, p, g, n, limit):
     ref_state = state.clone()
     x, dt, B, C = q8(b, h, p), q8(b, h), q8(b, g, n), q8(b, g, n)
     A, D, dt_bias = -torch.exp(rnd(h)), rnd(h), rnd(h, scale=0.5, shift=-2)
+    one = torch.tensor([0.03], device=DEV)
     for ss, xs, dts, Bs, Cs in [(0.02, 0.005, 0.03, 0.004, 0.006),
-                                (torch.tensor([0.03], device=DEV), 0.004, torch.tensor(0.02, device=DEV), 0.005, 0.005)]:
+                                (one, 0.004, torch.tensor(0.02, device=DEV), 0.005, 0.005)]:
         args = (x, xs, dt, dts, A, B, Bs, C, Cs, D, dt_bias, limit)
         with poisoned_outputs():
             y = K.qssd_state_update(state, ss, *args)

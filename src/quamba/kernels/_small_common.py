@@ -36,10 +36,12 @@ def per_tensor_scale_arg(scale, name: str) -> tuple[torch.Tensor | None, float, 
 
 
 def pow2(n: int, lo: int = 1) -> int:
+    """The next power of two >= n, at least ``lo`` (block sizes)."""
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
 def check(cond: bool, msg: str) -> None:
+    """Raise ``InvalidArgumentError(msg)`` unless ``cond`` (shape checks before a launch reads out of bounds)."""
     if not cond:
         raise InvalidArgumentError(msg)
 
@@ -75,6 +77,7 @@ def quantize_int8(y, scale):
 
 @triton.jit
 def silu(x):
+    """``x * sigmoid(x)`` in fp32."""
     return x / (1.0 + tl.exp(-x))
 
 

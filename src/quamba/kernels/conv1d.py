@@ -78,7 +78,7 @@ def _conv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
 def _check_common(d: int, k: int, weight: Tensor, bias: Tensor | None) -> None:
     check(weight.dim() == 2 and weight.shape[0] == d, f"conv weight {tuple(weight.shape)} does not match {d} channels")
     check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
-    check(bias is None or bias.numel() == d, f"conv bias has {None if bias is None else bias.numel()} elements, expected {d}")
+    check(bias is None or bias.numel() == d, f"conv bias does not match {d} channels")
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,

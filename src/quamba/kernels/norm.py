@@ -76,6 +76,7 @@ def rows_of(t: Tensor, d: int) -> Tensor:
 
 
 def norm_warps(block: int) -> int:
+    """Warps for a one-row program of ``block`` lanes (about 16 elements per thread, 1 to 16 warps)."""
     return max(1, min(16, block // 256))
 
 

@@ -14,6 +14,7 @@ from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg, si
 from .conv1d import update_block
 
 Tensor = torch.Tensor
+Scale = float | Tensor
 
 
 @triton.jit
@@ -83,7 +84,8 @@ def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
     tl.store(y_ptr + b * syb + offs_d, q, mask=md)
 
 
-def _scales(d: int, x_scale, w_scale, b_q, b_scale, out_scale) -> tuple:
+def _scales(d: int, x_scale: Scale, w_scale: Scale, b_q: Tensor | None, b_scale: Scale | None,
+            out_scale: Scale) -> tuple:
     xs = scale_arg(x_scale, d, "x_scale")
     ws = scale_arg(w_scale, d, "w_scale")
     bs = scale_arg(b_scale if b_q is not None else None, d, "b_scale")
@@ -99,8 +101,8 @@ def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None
         check(t is None or t.dtype == torch.int8, f"expected int8 tensors, got {t.dtype if t is not None else None}")
 
 
-def qcausal_conv1d(x_q: Tensor, x_scale, w_q: Tensor, w_scale, b_q: Tensor | None, b_scale,
-                   out_scale, initial_state: Tensor | None = None) -> Tensor:
+def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q: Tensor | None,
+                   b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
     check(x_q.dim() == 3, f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
     bsz, L, d = x_q.shape
@@ -128,8 +130,8 @@ def qcausal_conv1d(x_q: Tensor, x_scale, w_q: Tensor, w_scale, b_q: Tensor | Non
     return y
 
 
-def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale, w_q: Tensor, w_scale,
-                          b_q: Tensor | None, b_scale, out_scale) -> Tensor:
+def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
+                          b_q: Tensor | None, b_scale: Scale | None, out_scale: Scale) -> Tensor:
     """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output."""
     check(x_q.dim() == 2, f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
     bsz, d = x_q.shape

@@ -14,6 +14,7 @@ from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg
 from .norm import launch_gated, norm_warps, residual_sum, rows_of
 
 Tensor = torch.Tensor
+Scale = float | Tensor
 
 
 @triton.jit
@@ -33,7 +34,7 @@ def _qadd_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, os_ptr, os_val, D,
     tl.store(y_ptr + row * sy + offs, quantize_int8(y, load_scale(os_ptr, os_val, offs, m, OS_M)), mask=m)
 
 
-def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float, out_scale,
+def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float, out_scale: Scale,
                   residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """Residual add + RMSNorm with int8 output: ``(int8 normed, new residual)``; see ``qreference``."""
     d = x.shape[-1]
@@ -59,7 +60,7 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
     return y, res
 
 
-def qgated_rms_norm(y: Tensor, z_q: Tensor, z_scale, weight: Tensor | None, eps: float, group_size: int,
+def qgated_rms_norm(y: Tensor, z_q: Tensor, z_scale: Scale, weight: Tensor | None, eps: float, group_size: int,
                     out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba2 gated RMSNorm with an int8 gate; see ``qreference.qgated_rms_norm``."""
     check(z_q.dtype == torch.int8, f"z_q must be int8, got {z_q.dtype}")

@@ -138,7 +138,8 @@ def _mamba1_blocks(dim: int, n: int, bsz: int) -> tuple[int, int, int]:
 def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, scales) -> Tensor:
     check(x.dim() == 2, f"x must be [B, D], got {tuple(x.shape)}")
     bsz, dim = x.shape
-    check(state.dim() == 3 and state.shape[:2] == (bsz, dim), f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
+    check(state.dim() == 3 and state.shape[:2] == (bsz, dim),
+          f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
     n = state.shape[2]
     check(tuple(dt.shape) == (bsz, dim), f"dt {tuple(dt.shape)} != {(bsz, dim)}")
     check(tuple(A.shape) == (dim, n), f"A {tuple(A.shape)} != {(dim, n)}")
