@@ -138,17 +138,34 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join("  ".join(c.rjust(wd) for c, wd in zip(row, widths)) for row in cells)
 
 
+def _summary(out: dict) -> str:
+    """Per-block totals of the mamba-2.8b linears (int8, fp16 out) against the best fp16 baseline."""
+    lines = ["summary (mamba-2.8b block linears: in_proj + x_proj + dt_proj + out_proj)"]
+    for m in sorted({r["M"] for r in out["linear"]}):
+        rows = [r for r in out["linear"] if r["M"] == m and r["name"].startswith("m1-")]
+        if not rows:
+            continue
+        ours = sum(r["int8_fp16out_ms"] for r in rows)
+        fp16 = sum(min(v for v in (r["fp16_cublas_ms"], r.get("fp16_gemv_ms")) if v) for r in rows)
+        lines.append(f"  M={m}: int8 {ours * 1e3:.1f} us, best fp16 {fp16 * 1e3:.1f} us, ratio {ours / fp16:.2f}")
+    for r in out["hadamard"]:
+        if r["M"] == 1024 and r["n"] == 5120:
+            lines.append(f"  hadamard_quant 1024x5120 {r['dtype']}: {r['ms'] * 1e3:.1f} us, {r['GBps']:.0f} GB/s")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", nargs="?", const="-", default=None, help="write results as JSON (to PATH or stdout)")
     ap.add_argument("--sweep", action="store_true", help="also sweep decode GEMV plans (slow: many compiles)")
     ap.add_argument("--quick", action="store_true", help="skip the plain-torch reference timings")
+    ap.add_argument("--ms", default="1,1024", help="token counts for int8_linear (<= 15 runs the decode GEMV)")
     args = ap.parse_args()
     torch.manual_seed(0)
     out = {"device": torch.cuda.get_device_name(), "linear": [], "hadamard": [], "qembedding": [], "sweep": []}
-    for m in (1, 4, 1024):
+    for m in (int(v) for v in args.ms.split(",")):
         for name, (n, k) in LINEAR_SHAPES.items():
-            out["linear"].append(bench_linear(name, m, n, k, with_ref=not args.quick and m != 4))
+            out["linear"].append(bench_linear(name, m, n, k, with_ref=not args.quick and m in (1, 1024)))
             print(f"  {name} M={m} done", file=sys.stderr, flush=True)
     dec = [r for r in out["linear"] if r["M"] <= 8]
     pre = [r for r in out["linear"] if r["M"] > 8]
@@ -177,6 +194,7 @@ def main() -> None:
                 out["sweep"].extend(rows)
                 print(f"sweep M={m} N={n} K={k}: default plan {G.gemv_plan(n, k, G.num_sms(torch.device('cuda')))}")
                 print(_table(rows[:5], ["plan", "stages", "ms", "GBps", "exact"]))
+    print(_summary(out))
     if args.json:
         text = json.dumps(out, indent=1, default=str)
         if args.json == "-":

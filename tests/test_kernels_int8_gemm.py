@@ -42,8 +42,9 @@ def _assert_int8_close(y, ref, max_frac=2e-3):
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 33])
-def test_integer_part_is_exact(m, poisoned):
-    k, n = 100, 72
+@pytest.mark.parametrize("k", [100, 128])
+def test_integer_part_is_exact(m, k, poisoned):
+    n = 72
     x, w = _int8(m, k), _int8(n, k)
     y = G.int8_linear(x, w, 1.0, 1.0, out_dtype=torch.float32)
     exact = (x.double() @ w.double().t()).float()
