@@ -70,6 +70,18 @@ def config_from_dict(d: dict[str, Any]) -> MambaConfig:
                                 "state-spaces (mamba_ssm) model")
 
 
+def _json_float(v: Any) -> float:
+    """A float from config JSON, including transformers 5's ``{"__float__": "Infinity"}`` encoding."""
+    if isinstance(v, dict) and "__float__" in v:
+        v = v["__float__"]
+    return float(v)
+
+
+def _dt_limit(v: Any) -> tuple[float, float]:
+    lo, hi = v
+    return _json_float(lo), _json_float(hi)
+
+
 def _from_transformers(d: dict[str, Any]) -> MambaConfig:
     mt = d["model_type"]
     common = dict(d_model=int(d["hidden_size"]), n_layer=int(d["num_hidden_layers"]), vocab_size=int(d["vocab_size"]),
@@ -89,7 +101,7 @@ def _from_transformers(d: dict[str, Any]) -> MambaConfig:
     if mt == "mamba2":
         limit = d.get("time_step_limit", (0.0, float("inf")))
         return MambaConfig(arch="mamba2", headdim=int(d.get("head_dim", 64)), ngroups=int(d.get("n_groups", 1)),
-                           chunk_size=int(d.get("chunk_size", 256)), dt_limit=tuple(limit), **common)
+                           chunk_size=int(d.get("chunk_size", 256)), dt_limit=_dt_limit(limit), **common)
     raise UnsupportedModelError(f"unsupported model_type {mt!r}: quamba loads mamba and mamba2 models")
 
 
@@ -123,7 +135,7 @@ def _from_state_spaces(d: dict[str, Any]) -> MambaConfig:
         limit = ssm.get("dt_limit", (0.0, float("inf")))
         return MambaConfig(arch="mamba2", d_state=int(ssm.get("d_state", 128)), headdim=int(ssm.get("headdim", 64)),
                            ngroups=int(ssm.get("ngroups", 1)), chunk_size=int(ssm.get("chunk_size", 256)),
-                           dt_limit=tuple(limit), **common)
+                           dt_limit=_dt_limit(limit), **common)
     raise UnsupportedModelError(f"unsupported ssm_cfg.layer {layer!r} (expected Mamba1 or Mamba2)")
 
 
@@ -250,7 +262,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     sd = read_state_dict(model_dir)
     floats = [v.dtype for v in sd.values() if v.is_floating_point()]
     ckpt_dtype = max(set(floats), key=floats.count) if floats else torch.float32
-    model = MambaLM(cfg)
+    with torch.device("meta"):  # every tensor is overwritten below: skip the random init
+        model = MambaLM(cfg)
+    model.to_empty(device="cpu")
+    if cfg.tie_embeddings:  # to_empty gives each parameter its own storage
+        model.lm_head.weight = model.backbone.embeddings.weight
     load_state_into(model, sd)
     model.to(device=dev, dtype=want or ckpt_dtype)
     model.eval()
