@@ -153,7 +153,7 @@ def _scale_arg(s: Scale, n: int, device: torch.device, dummy: Tensor) -> tuple[T
         if s.numel() == 1 and s.device.type == "cpu":
             return dummy, float(s.float()), 0
         raise InvalidArgumentError(f"out_scale is on {s.device}, x on {device}")
-    s = s.reshape(-1)
+    s = s.reshape(-1).contiguous()
     return s, 1.0, 1 if s.numel() == 1 else 2
 
 

@@ -229,7 +229,7 @@ def _scale_arg(s: Scale | None, n: int, what: str, device: torch.device, dummy: 
         if s.numel() == 1 and s.device.type == "cpu":
             return dummy, float(s.float()), 0
         raise InvalidArgumentError(f"{what} is on {s.device}, the inputs on {device}")
-    s = s.reshape(-1)
+    s = s.reshape(-1).contiguous()
     return s, 1.0, 1 if s.numel() == 1 else 2
 
 
@@ -272,11 +272,13 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
 
 def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
                   m: int, n: int, out: Tensor) -> dict:
+    """Kernel arguments of the shared epilogue; ``out`` stands in for pointers a mode does not read."""
     dev = out.device
     xs, xv, xmode = _scale_arg(x_scale, m, "x_scale", dev, out)
     ws, wv, wmode = _scale_arg(w_scale, n, "w_scale", dev, out)
     os_, ov, omode = _scale_arg(out_scale, n, "out_scale", dev, out)
-    return dict(xs_ptr=xs, xs_val=xv, ws_ptr=ws, ws_val=wv, b_ptr=bias.reshape(-1) if bias is not None else out,
+    b = bias.reshape(-1).contiguous() if bias is not None else out
+    return dict(xs_ptr=xs, xs_val=xv, ws_ptr=ws, ws_val=wv, b_ptr=b,
                 os_ptr=os_, os_val=ov, XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode)
 
 
