@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from .. import api, loading
-from ..generation import check_prompts, generate
+from ..errors import InvalidArgumentError
+from ..generation import SamplingConfig, check_prompts, generate
 
 
 def add_parser(subparsers) -> None:
@@ -30,6 +31,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     prompts = check_prompts(args.prompt)
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    if args.max_new_tokens < 0:
+        raise InvalidArgumentError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     device = loading.parse_device(args.device)
     dtype = args.dtype or ("fp32" if device.type == "cpu" else None)
     model, tokenizer = api.load(args.model, device=str(device), dtype=dtype)
