@@ -123,7 +123,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, o
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0)
             b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     _epilogue(acc, offs_m[:, None], offs_n[None, :], M, N, out_ptr, stride_om,
@@ -175,7 +175,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, xs_ptr, xs_val, ws_ptr, ws_val
             k_ok = offs_k < k_len - k * BLOCK_K
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0)
             x = tl.load(x_ptrs, mask=k_ok[:, None], other=0)
-        acc = tl.dot(w, x, acc)
+        acc = tl.dot(w, x, acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     rows = offs_m[None, :]
