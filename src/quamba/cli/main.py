@@ -12,7 +12,7 @@ import sys
 
 from ..errors import QuambaError
 
-COMMANDS = ["generate", "info", "bench"]
+COMMANDS = ["generate", "info", "bench", "eval"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
