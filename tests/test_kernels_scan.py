@@ -1,0 +1,144 @@
+"""Triton Mamba1 selective scan (fp and int8 inputs) against the plain-torch references.
+
+On CPU the kernels run in the Triton interpreter at small odd shapes; the GPU tests use the real
+mamba-2.8b shapes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quamba.errors import InvalidArgumentError
+from quamba.ops import qreference as Q
+from quamba.ops import reference as R
+
+K = pytest.importorskip("quamba.kernels.selective_scan")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every ``torch.empty`` starts as NaN (float) or random bytes (int) so unwritten outputs fail."""
+    empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype == torch.int8:
+            t.copy_(torch.randint(-128, 128, t.shape, dtype=torch.int8))
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+
+
+def _inputs(bt, L, d, n, dtype, device="cpu", strided_bc=False):
+    u = torch.randn(bt, L, d, device=device).to(dtype)
+    delta = (torch.randn(bt, L, d, device=device) * 0.7 - 1.5).to(dtype)
+    A = -torch.exp(torch.randn(d, n, device=device) * 0.7)
+    if strided_bc:  # B, C as column slices of one projection output, like x_proj's
+        xbc = torch.randn(bt, L, 3 + 2 * n, device=device).to(dtype)
+        B, C = xbc[..., 3:3 + n], xbc[..., 3 + n:]
+    else:
+        B = torch.randn(bt, L, n, device=device).to(dtype)
+        C = torch.randn(bt, L, n, device=device).to(dtype)
+    D = torch.randn(d, device=device)
+    z = torch.randn(bt, L, d, device=device).to(dtype)
+    bias = torch.randn(d, device=device) * 0.5
+    h0 = torch.randn(bt, d, n, device=device)
+    return u, delta, A, B, C, D, z, bias, h0
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("bt,L,d,n,dtype,t_chunk,full", [
+    (1, 37, 96, 16, torch.float32, None, True),
+    (3, 37, 96, 16, torch.float16, 8, True),
+    (2, 29, 40, 5, torch.float32, 16, False),
+    (3, 21, 48, 8, torch.float16, None, False),
+])
+def test_selective_scan_matches_reference(poisoned, bt, L, d, n, dtype, t_chunk, full):
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, d, n, dtype, strided_bc=full)
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True, initial_state=h0) if full else \
+        dict(delta_softplus=False)
+    if not full:
+        delta = delta.abs() * 0.1
+    y, last = K._scan(u, delta, A, B.float(), C.float(), kw.get("D"), kw.get("z"), kw.get("delta_bias"),
+                      kw["delta_softplus"], kw.get("initial_state"), u.dtype, None, t_chunk)
+    y_ref, last_ref = R.selective_scan(u, delta, A, B, C, **kw)
+    assert y.dtype == u.dtype and last.dtype == torch.float32 and y.shape == y_ref.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert _rel(y, y_ref) < tol
+    assert _rel(last, last_ref) < 1e-5
+
+
+def test_selective_scan_public_entry_point(poisoned):
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(2, 19, 64, 16, torch.float32)
+    y, last = K.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, chunk_size=4)
+    y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+    assert _rel(y, y_ref) < 1e-5 and _rel(last, last_ref) < 1e-5
+
+
+@pytest.mark.parametrize("bt,L,d,n,t_chunk,tensor_scales", [
+    (3, 37, 96, 16, 8, False),
+    (2, 26, 40, 5, None, True),
+])
+def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, t_chunk, tensor_scales):
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, d, n, torch.float32)
+    s = dict(u=0.03, dt=0.02, B=0.03, C=0.03, z=0.03, state=0.05)
+    uq, dq, Bq, Cq, zq = (Q.quantize(t, s[k]) for t, k in ((u, "u"), (delta, "dt"), (B, "B"), (C, "C"), (z, "z")))
+    h0q = Q.quantize(h0, s["state"])
+    ks = {k: torch.tensor(v) for k, v in s.items()} if tensor_scales else s
+    if t_chunk is None:
+        y, last = K.qselective_scan(uq, ks["u"], dq, ks["dt"], A, Bq, ks["B"], Cq, ks["C"], D, zq, ks["z"], bias,
+                                    ks["state"], h0q)
+    else:
+        y, last = K._scan(uq, dq, A, Bq * s["B"], Cq * s["C"], D, zq, bias, True, h0q, torch.float16,
+                          (s["u"], s["dt"], s["z"], s["state"]), t_chunk)
+    y_ref, last_ref = Q.qselective_scan(uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"], bias,
+                                        s["state"], h0q)
+    assert y.dtype == torch.float16 and last.dtype == torch.int8
+    assert _rel(y, y_ref) < 2e-3
+    diff = (last.int() - last_ref.int()).abs()
+    assert diff.max().item() <= 1
+    assert (diff > 0).float().mean().item() < 0.01
+
+
+def test_selective_scan_rejects_bad_shapes():
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(1, 8, 32, 16, torch.float32)
+    with pytest.raises(InvalidArgumentError):
+        K.selective_scan(u, delta[:, :4], A, B, C)
+    with pytest.raises(InvalidArgumentError):
+        K.selective_scan(u, delta, A, B, C, initial_state=h0[:, :, :8])
+    with pytest.raises(InvalidArgumentError):
+        K.qselective_scan(u, 0.1, delta, 0.1, A, B, 0.1, C, 0.1, None, None, 1.0, None, 0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bt,L", [(1, 1024), (2, 2047), (1, 2048)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_selective_scan_gpu_mamba_2_8b(bt, L, dtype):
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, 5120, 16, dtype, device="cuda", strided_bc=True)
+    delta = (delta.float() - 2.0).to(dtype)  # dt around softplus(-3.5): the trained range
+    y, last = K.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+    y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert _rel(y, y_ref) < tol
+    assert _rel(last, last_ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bt,L", [(1, 1024), (2, 2047)])
+def test_qselective_scan_gpu_mamba_2_8b(bt, L):
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, 5120, 16, torch.float32, device="cuda")
+    s = dict(u=0.03, dt=0.02, B=0.03, C=0.03, z=0.03, state=0.05)
+    uq, dq, Bq, Cq, zq = (Q.quantize(t, s[k]) for t, k in ((u, "u"), (delta - 2.0, "dt"), (B, "B"), (C, "C"),
+                                                          (z, "z")))
+    h0q = Q.quantize(h0, s["state"])
+    args = (uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"], bias, s["state"], h0q)
+    y, last = K.qselective_scan(*args)
+    y_ref, last_ref = Q.qselective_scan(*args)
+    assert _rel(y, y_ref) < 2e-3
+    diff = (last.int() - last_ref.int()).abs()
+    assert diff.max().item() <= 1 and (diff > 0).float().mean().item() < 1e-3
