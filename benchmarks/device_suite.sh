@@ -18,7 +18,7 @@ if has tests; then
 fi
 
 if has kernels; then
-  for f in benchmarks/kernels_*.py; do
+  for f in ${KERNEL_FILES:-benchmarks/kernels_*.py}; do
     name=$(basename "$f" .py)
     echo "== $name"
     timeout "${KERNEL_TIMEOUT:-150}" python3 "$f" >"$OUT/$name.log" 2>&1
