@@ -1,0 +1,71 @@
+"""Where the time goes: torch.profiler over one eager prefill and a few eager decode steps.
+
+Prints, per phase, the kernels by total GPU time and the Python/aten ops by CPU time, plus the
+event-timed wall time against the summed GPU kernel time (a large gap means launch-bound).
+Usage: PYTHONPATH=src python benchmarks/profile_step.py --shape mamba-2.8b --precision w8a8
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from quamba.bench import cuda_time_ms
+from quamba.cli.bench import build_model
+
+
+def _table(prof, key: str, n: int) -> str:
+    for k in (key, key.replace("cuda", "device")):
+        try:
+            return prof.key_averages().table(sort_by=k, row_limit=n, max_name_column_width=60)
+        except Exception:
+            continue
+    return prof.key_averages().table(row_limit=n)
+
+
+def _gpu_total_us(prof) -> float:
+    tot = 0.0
+    for e in prof.key_averages():
+        tot += getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+    return tot
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="mamba-2.8b")
+    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--prompt-len", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=22)
+    args = ap.parse_args()
+    model = build_model(None, args.shape, args.precision)
+    vocab = model.config.tokenizer_vocab_size
+    prompt = torch.randint(0, vocab, (1, args.prompt_len), device="cuda")
+    cache = model.allocate_cache(1)
+    tok = torch.randint(0, vocab, (1, 1), device="cuda")
+
+    def prefill():
+        cache.reset()
+        return model(prompt, cache, last_only=True)
+
+    def step():
+        return model(tok, cache)
+
+    with torch.inference_mode():
+        t_pre = cuda_time_ms(prefill, 2, 5)
+        t_step = cuda_time_ms(step, 3, 20)
+        for name, fn, reps in (("prefill", prefill, 1), ("decode", step, 5)):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    fn()
+                torch.cuda.synchronize()
+            wall = t_pre if name == "prefill" else t_step
+            gpu_ms = _gpu_total_us(prof) / 1e3 / reps
+            print(f"\n===== {args.shape} {args.precision} {name}: eager wall {wall:.3f} ms, "
+                  f"summed GPU kernel time {gpu_ms:.3f} ms per call")
+            print(_table(prof, "self_cuda_time_total", args.rows))
+            print(_table(prof, "cpu_time_total", 12))
+
+
+if __name__ == "__main__":
+    main()
