@@ -73,6 +73,13 @@ def test_ssd_chunked_matches_reference(poisoned, bt, L, g, T, dtype, init, limit
     assert _rel(last, last_ref) < tol
 
 
+def test_ssd_chunked_real_head_and_state_sizes(poisoned):
+    x, dt, A, B, C, D, bias, h0 = _inputs(1, 40, 2, 64, 1, 128, torch.float16)
+    y, last = K.ssd_chunked(x, dt, A, B, C, 32, D, bias, True, (0.0, INF), h0)
+    y_ref, last_ref = R.ssd_chunked(x, dt, A, B, C, 32, D, bias, True, (0.0, INF), h0)
+    assert _rel(y, y_ref) < 2e-3 and _rel(last, last_ref) < 2e-3
+
+
 def test_ssd_chunked_without_optional_inputs(poisoned):
     x, dt, A, B, C, D, bias, h0 = _inputs(2, 23, 4, 32, 1, 16, torch.float32)
     dt = dt.abs() * 0.1

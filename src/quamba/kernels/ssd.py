@@ -9,8 +9,8 @@ cumulative sum of ``dt * A`` in log2 units):
 2. ``_cb_kernel`` per (block pair, chunk, batch*group): ``C B^T`` of the chunk, shared by the heads
    of a group (int8 x int8 -> int32, exact, on the int8 path);
 3. ``_pass_kernel`` per (state block, batch*head): the chunk states are passed along the chunks in
-   order, starting from the initial state; each chunk's slot is overwritten with its incoming state
-   and the final state is written (int8 on the int8 path);
+   order, starting from the initial state; each chunk's incoming state is written in the dot operand
+   dtype, and the final state in fp32 (int8 on the int8 path);
 4. ``_out_kernel`` per (row block, chunk, batch*head): ``y = exp(cs_t) C_t S_in^T`` plus the causal
    intra-chunk part ``sum_{s<=t} (C_t . B_s) exp(cs_t - cs_s) dt_s x_s`` (dot), plus ``D x``.
 
@@ -156,7 +156,7 @@ def _cb_kernel(
 
 
 @triton.jit
-def _pass_kernel(st_ptr, cs_ptr, init_ptr, last_ptr, H, NC, SIZE, state_scale,
+def _pass_kernel(st_ptr, cs_ptr, init_ptr, sin_ptr, last_ptr, H, NC, SIZE, state_scale,
                  QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_INIT: tl.constexpr,
                  CHUNK: tl.constexpr, BS: tl.constexpr):
     blk = tl.program_id(0)
@@ -184,7 +184,7 @@ def _pass_kernel(st_ptr, cs_ptr, init_ptr, last_ptr, H, NC, SIZE, state_scale,
         cn = tl.minimum(c + 1, NC - 1)
         nxt = tl.load(base + cn * step, mask=m, other=0.0)
         nxt_a = tl.load(cs_row + cn * CHUNK)
-        tl.store(base + c * step, s, mask=m)
+        tl.store(sin_ptr + b * NC * step + h * SIZE + offs + c * step, s.to(sin_ptr.dtype.element_ty), mask=m)
         s = tl.exp2(a) * s + cur
     if QUANT:
         tl.store(last_ptr + bh * SIZE + offs, quantize_int8(s, ss), mask=m)
@@ -193,18 +193,57 @@ def _pass_kernel(st_ptr, cs_ptr, init_ptr, last_ptr, H, NC, SIZE, state_scale,
 
 
 @triton.jit
+def _out_inter(Cm, sin_ptr, cs_ptr, b, c, h, H, N, P, NC, sc, offs_m, offs_p, offs_n,
+               IEEE: tl.constexpr, CHUNK: tl.constexpr):
+    """``exp(cs_t) * C_t . S_in`` for one head: the contribution of the chunk's incoming state."""
+    cs_m = tl.load(cs_ptr + ((b * H + h) * NC + c) * CHUNK + offs_m)
+    S = tl.load(sin_ptr + ((b * NC + c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :],
+                mask=(offs_p < P)[:, None] & (offs_n < N)[None, :], other=0.0)
+    return _dot(Cm, tl.trans(S), IEEE) * (tl.exp2(cs_m) * sc)[:, None], cs_m
+
+
+@triton.jit
+def _out_intra(acc, cb, cs_m, x_base, dtp_ptr, cs_ptr, row, n_valid, sx, s_xl, s_xp, P, offs_m, offs_k, offs_p,
+               IEEE: tl.constexpr, OP: tl.constexpr, CHUNK: tl.constexpr):
+    """One key block of the causal in-chunk part for one head, added to ``acc``."""
+    cs_k = tl.load(cs_ptr + row * CHUNK + offs_k)
+    dt_k = tl.load(dtp_ptr + row * CHUNK + offs_k)
+    decay = tl.exp2(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0))
+    w = tl.where(offs_m[:, None] >= offs_k[None, :], cb * decay * (dt_k * sx)[None, :], 0.0)
+    xk = tl.load(x_base + offs_k[:, None] * s_xl + offs_p[None, :] * s_xp,
+                 mask=(offs_k < n_valid)[:, None] & (offs_p < P)[None, :], other=0.0).to(OP)
+    return acc + _dot(w.to(OP), xk, IEEE)
+
+
+@triton.jit
+def _out_store(acc, x_base, D_ptr, h, y_base, n_valid, sx, s_xl, s_xp, s_yl, s_yp, P, offs_m, offs_p,
+               HAS_D: tl.constexpr):
+    m = (offs_m < n_valid)[:, None] & (offs_p < P)[None, :]
+    if HAS_D:
+        xm = tl.load(x_base + offs_m[:, None] * s_xl + offs_p[None, :] * s_xp, mask=m, other=0.0).to(tl.float32)
+        acc += xm * (tl.load(D_ptr + h).to(tl.float32) * sx)
+    tl.store(y_base + offs_m[:, None] * s_yl + offs_p[None, :] * s_yp, acc.to(y_base.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _out_kernel(
-        x_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, st_ptr, cb_ptr, y_ptr,
+        x_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, sin_ptr, cb_ptr, y_ptr,
         L, H, G, N, P, NC, x_scale, C_scale,
         s_xb, s_xl, s_xh, s_xp, s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp,
         QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
         OP: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-        BP: tl.constexpr, NP: tl.constexpr):
+        BP: tl.constexpr, NP: tl.constexpr, TWO_HEADS: tl.constexpr):
+    """Rows ``offs_m`` of one chunk for one head, or for two heads of a group (``TWO_HEADS``),
+    which then share the loads of ``C`` and of the ``C B^T`` blocks."""
     mi = tl.program_id(0)
     c = tl.program_id(1)
     bh = tl.program_id(2)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
+    if TWO_HEADS:
+        b = (bh // (H // 2)).to(tl.int64)
+        h = (bh % (H // 2)) * 2
+    else:
+        b = (bh // H).to(tl.int64)
+        h = bh % H
     g = h // (H // G)
     sx = 1.0
     sc = 1.0
@@ -213,39 +252,33 @@ def _out_kernel(
         sc = scalar_arg(C_scale, PTRS & 8)
     t_lo = c * CHUNK
     n_valid = L - t_lo
-    row = (b * H + h) * NC + c
     offs_m = mi * BM + tl.arange(0, BM)
     offs_p = tl.arange(0, BP)
     offs_n = tl.arange(0, NP)
-    mp = (offs_p < P)[None, :]
-    cs_m = tl.load(cs_ptr + row * CHUNK + offs_m)
-
     Cm = tl.load(C_ptr + b * s_cb + g * s_cg + (t_lo + offs_m)[:, None] * s_cl + offs_n[None, :] * s_cn,
                  mask=(offs_m < n_valid)[:, None] & (offs_n < N)[None, :], other=0.0).to(OP)
-    S = tl.load(st_ptr + ((b * NC + c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :],
-                mask=(offs_p < P)[:, None] & (offs_n < N)[None, :], other=0.0).to(OP)
-    acc = _dot(Cm, tl.trans(S), IEEE) * (tl.exp2(cs_m) * sc)[:, None]
-
     x_base = x_ptr + b * s_xb + h * s_xh + t_lo * s_xl
+    y_base = y_ptr + b * s_yb + h * s_yh + t_lo * s_yl
+    row = (b * H + h) * NC + c
+    acc, cs_m = _out_inter(Cm, sin_ptr, cs_ptr, b, c, h, H, N, P, NC, sc, offs_m, offs_p, offs_n, IEEE, CHUNK)
+    if TWO_HEADS:
+        acc2, cs_m2 = _out_inter(Cm, sin_ptr, cs_ptr, b, c, h + 1, H, N, P, NC, sc, offs_m, offs_p, offs_n,
+                                 IEEE, CHUNK)
+
     cb_base = cb_ptr + ((b * NC + c) * G + g) * CHUNK * CHUNK + offs_m[:, None] * CHUNK
     for k in range(0, (mi + 1) * BM, BK):
         offs_k = k + tl.arange(0, BK)
         cb = tl.load(cb_base + offs_k[None, :])
-        cs_k = tl.load(cs_ptr + row * CHUNK + offs_k)
-        dt_k = tl.load(dtp_ptr + row * CHUNK + offs_k)
-        decay = tl.exp2(tl.minimum(cs_m[:, None] - cs_k[None, :], 0.0))
-        w = tl.where(offs_m[:, None] >= offs_k[None, :], cb * decay * (dt_k * sx)[None, :], 0.0)
-        xk = tl.load(x_base + offs_k[:, None] * s_xl + offs_p[None, :] * s_xp,
-                     mask=(offs_k < n_valid)[:, None] & mp, other=0.0).to(OP)
-        acc += _dot(w.to(OP), xk, IEEE)
+        acc = _out_intra(acc, cb, cs_m, x_base, dtp_ptr, cs_ptr, row, n_valid, sx, s_xl, s_xp, P,
+                         offs_m, offs_k, offs_p, IEEE, OP, CHUNK)
+        if TWO_HEADS:
+            acc2 = _out_intra(acc2, cb, cs_m2, x_base + s_xh, dtp_ptr, cs_ptr, row + NC, n_valid, sx, s_xl, s_xp,
+                              P, offs_m, offs_k, offs_p, IEEE, OP, CHUNK)
 
-    mrow = (offs_m < n_valid)[:, None]
-    if HAS_D:
-        xm = tl.load(x_base + offs_m[:, None] * s_xl + offs_p[None, :] * s_xp, mask=mrow & mp,
-                     other=0.0).to(tl.float32)
-        acc += xm * (tl.load(D_ptr + h).to(tl.float32) * sx)
-    y = y_ptr + b * s_yb + h * s_yh + (t_lo + offs_m)[:, None] * s_yl + offs_p[None, :] * s_yp
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mrow & mp)
+    _out_store(acc, x_base, D_ptr, h, y_base, n_valid, sx, s_xl, s_xp, s_yl, s_yp, P, offs_m, offs_p, HAS_D)
+    if TWO_HEADS:
+        _out_store(acc2, x_base + s_xh, D_ptr, h + 1, y_base + s_yh, n_valid, sx, s_xl, s_xp, s_yl, s_yp, P,
+                   offs_m, offs_p, HAS_D)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -260,7 +293,10 @@ def _scale(s, name: str):
     return float(s)
 
 
+OUT_TWO_HEADS = True  # output programs take two heads of a group: half the C and C.B^T loads
+
 _OP = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_TORCH = {v: k for k, v in _OP.items()}
 
 
 def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, out_dtype, scales):
@@ -298,8 +334,8 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     split = quant or op == tl.bfloat16
     bp = max(16, triton.next_power_of_2(p))
     np2 = max(32 if quant else 16, triton.next_power_of_2(n))
-    bn = min(np2, 64)
-    bt_blk = min(T, 64)
+    bn = min(np2, 128)
+    bt_blk = min(T, 32)
     bm = min(T, 64)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     has_limit = (lo, hi) != (0.0, float("inf"))
@@ -324,16 +360,18 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
         B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
         QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
     size = p * n
-    bs = min(2048, triton.next_power_of_2(size))
+    bs = min(1024, triton.next_power_of_2(size))
     init_ = init.contiguous() if init is not None else last
+    sin = torch.empty(bt, nc, h, p, n, device=dev, dtype=_TORCH[op])
     _pass_kernel[(triton.cdiv(size, bs), bt * h)](
-        st, cs, init_, last, h, nc, size, ss,
+        st, cs, init_, sin, last, h, nc, size, ss,
         QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4)
-    _out_kernel[(T // bm, nc, bt * h)](
-        x, C, D_, dtp, cs, st, cb, y, L, h, g, n, p, nc, sx, sc,
+    two = OUT_TWO_HEADS and (h // g) % 2 == 0
+    _out_kernel[(T // bm, nc, bt * h // (2 if two else 1))](
+        x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
         *x.stride(), *C.stride(), *y.stride(),
         QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,
-        BP=bp, NP=np2, num_warps=4)
+        BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2)
     return y, last
 
 
