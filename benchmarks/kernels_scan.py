@@ -128,8 +128,8 @@ def launch_breakdown(fn: Callable, iters: int = 10) -> dict:
 def run(case: Case, with_ref: bool, breakdown: bool) -> Result:
     case.kernel()
     torch.cuda.synchronize()
-    k = triton.testing.do_bench(case.kernel, warmup=10, rep=60, return_mode="median")
-    r = triton.testing.do_bench(case.reference, warmup=2, rep=30, return_mode="median") if with_ref else None
+    k = triton.testing.do_bench(case.kernel, warmup=10, rep=50, return_mode="median")
+    r = triton.testing.do_bench(case.reference, warmup=1, rep=20, return_mode="median") if with_ref else None
     launches = launch_breakdown(case.kernel) if breakdown else {}
     return Result(case.shape, case.tokens, case.op, k, r, r / k if r else None, case.bytes,
                   case.bytes / (k * 1e-3) / 1e9, launches)

@@ -25,8 +25,6 @@ from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 T_SUB = 8
 _TARGET_WARPS = 132 * 16
 
