@@ -74,14 +74,16 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
 
 
 def conv_state_from_inputs(x: Tensor, k: int, initial_state: Tensor | None = None) -> Tensor:
-    """The conv state ``[B, D, K]`` after consuming ``x [B, L, D]``: its last ``K`` inputs."""
+    """The conv state ``[B, D, K]`` after consuming ``x [B, L, D]``: its last ``K`` inputs.
+
+    Only the last ``K`` tokens are touched (a prefill of thousands of tokens copies ``K`` columns).
+    """
     b, L, d = x.shape
-    xt = x.transpose(1, 2)
-    if initial_state is not None:
-        xt = torch.cat([initial_state.to(x.dtype), xt], dim=-1)
-    elif L < k:
-        xt = F.pad(xt, (k - L, 0))
-    return xt[..., -k:].contiguous()
+    tail = x[:, -k:].transpose(1, 2)
+    if L >= k:
+        return tail.contiguous()
+    prev = initial_state.to(x.dtype) if initial_state is not None else x.new_zeros(b, d, k)
+    return torch.cat([prev[..., L:], tail], dim=-1)
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -178,6 +180,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
     bt, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     dtf = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
+    chunk_size = max(1, min(chunk_size, L))  # same result; a short prompt is not padded to a full chunk
     pad = (-L) % chunk_size
     xf = F.pad(x.float(), (0, 0, 0, 0, 0, pad))
     dtp = F.pad(dtf, (0, 0, 0, pad))  # padded steps have dt = 0: no decay, no input
