@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .int8_gemm import _epilogue
+
 MAX_M = 8
 
 
@@ -80,3 +82,37 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if m == 0 or m > MAX_M or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
     return gemv(x.reshape(m, x.shape[-1]), weight, bias).reshape(*lead, weight.shape[0])
+
+
+@triton.jit
+def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                      M, N, K, stride_xm, stride_wn, stride_om,
+                      XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Int8 twin of ``_gemv_kernel``: exact int32 accumulation, then the shared int8 epilogue."""
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    n_ok = rn < N
+    m_ok = rm < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+        acc += x.to(tl.int32)[:, None, :] * w.to(tl.int32)[None, :, :]
+    _epilogue(tl.sum(acc, axis=2), rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+
+
+def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict, block_n: int, block_k: int,
+                     num_warps: int = 4) -> None:
+    """Elementwise int8 GEMV (``ep`` from ``int8_gemm.epilogue_args``)."""
+    m, k = x.shape
+    n = w.shape[0]
+    _int8_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, w, out, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"],
+        m, n, k, x.stride(0), w.stride(0), out.stride(0), XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"],
+        HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"], BLOCK_M=max(1, triton.next_power_of_2(m)),
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
