@@ -23,7 +23,7 @@ FP16 = [(bn, bk, w) for bn, bk, w in [(1, 1024, 4), (1, 2048, 4), (2, 1024, 4), 
                                       (16, 256, 4), (16, 512, 8), (2, 512, 2), (4, 256, 2)]]
 INT8_EW = [(bn, bk, w) for bn, bk, w in [(2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8),
                                          (16, 256, 4), (16, 512, 8), (4, 2048, 8), (2, 2048, 4), (32, 256, 8)]]
-INT8_TC = [(bn, bk, s, st) for bn in (16, 32, 64) for bk in (128, 256, 512) for s in (1, 2, 4) for st in (3,)]
+INT8_TC = [(bn, bk, s, st) for bn in (16, 32, 64) for bk in (256, 512) for s in (1, 2, 4) for st in (3,)]
 
 
 def graph_us(calls, reps: int = 7) -> float:
