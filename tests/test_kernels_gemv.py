@@ -44,3 +44,24 @@ def test_gemv_real_shapes_gpu(seed, m, n, k):
     b = torch.randn(n, device="cuda", dtype=torch.float16)
     y = linear(x, w, b)
     assert _rel(y, F.linear(x.float(), w.float(), b.float())) < 2e-3
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 72, 100), (2, 33, 257), (4, 16, 64)])
+@pytest.mark.parametrize("requant", [False, True])
+def test_int8_gemv_matches_reference(seed, m, n, k, requant):
+    from quamba.kernels.gemv import launch_int8_gemv
+    from quamba.kernels.int8_gemm import epilogue_args
+    from quamba.ops import qreference as Q
+
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    ws = torch.rand(n) * 0.01 + 1e-3
+    bias = None if requant else torch.randn(n)
+    out_scale = 0.37 if requant else None
+    out = torch.full((m, n), 99, dtype=torch.int8) if requant else torch.full((m, n), float("nan"))
+    launch_int8_gemv(x, w, out, epilogue_args(0.02, ws, bias, out_scale, m, n, out), 4, 32)
+    ref = Q.int8_linear(x, w, 0.02, ws, bias, out_scale=out_scale, out_dtype=torch.float32)
+    if requant:
+        assert (out.int() - ref.int()).abs().max() <= 1 and (out != ref).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-5)

@@ -8,8 +8,6 @@ elementwise in fp32 registers and reducing once at the end. Larger M goes to ``F
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -42,22 +40,30 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stri
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _prune(configs, named_args, **kwargs):
-    bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M", 1))
-    kept = [c for c in configs if bm * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 8192]
-    return kept or configs[:1]
+def fp16_plan(n: int, k: int) -> tuple[int, int, int]:
+    """``(BLOCK_N, BLOCK_K, num_warps)`` for M <= 2, from a CUDA-graph sweep on the H200
+    (benchmarks/gemv_sweep.py): two rows per program, long K tiles; 3.2 TB/s on in_proj of
+    mamba-2.8b, 4.0 TB/s on its LM head. Autotuning at run time cannot pick these: outside a graph
+    every candidate is launch-bound and times the same."""
+    if k <= 256:
+        return 4, 256, 2
+    if n <= 512:
+        return 1, 2048, 4
+    return (2, 512, 2) if k <= 4096 else (2, 1024, 4)
 
 
-_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-            for bn, bk, w in [(1, 2048, 4), (2, 2048, 4), (2, 1024, 4), (4, 1024, 4), (4, 512, 4), (8, 512, 4),
-                              (4, 2048, 8), (8, 1024, 8), (16, 512, 8), (2, 512, 2), (1, 1024, 2)]]
-_gemv_tuned = triton.autotune(_CONFIGS, key=["M", "N", "K", "BLOCK_M"],
-                              prune_configs_by={"early_config_prune": _prune})(_gemv_kernel)
+def int8_plan(n: int, k: int) -> tuple[int, int, int]:
+    """Plan of the elementwise int8 GEMV, from the same sweep."""
+    if n <= 512:
+        return 2, 2048, 4
+    if k <= 256:
+        return 16, 256, 4
+    return (16, 256, 4) if k <= 4096 else (4, 1024, 4)
 
 
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
-    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel (autotuned on GPU)."""
+    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel."""
     m, k = x2.shape
     n = weight.shape[0]
     if x2.stride(-1) != 1:
@@ -66,12 +72,13 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         weight = weight.contiguous()
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     bm = max(1, triton.next_power_of_2(m))
-    args = (x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0), weight.stride(0), y.stride(0))
-    if block_n is not None or os.environ.get("TRITON_INTERPRET") == "1":
-        bn, bk = block_n or 4, block_k or 64
-        _gemv_kernel[(triton.cdiv(n, bn),)](*args, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-    else:
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, HAS_BIAS=bias is not None, BLOCK_M=bm)
+    bn, bk, warps = fp16_plan(n, k)
+    if bm > 2:
+        bn = max(1, bn * 2 // bm)
+    bn, bk = block_n or bn, block_k or bk
+    _gemv_kernel[(triton.cdiv(n, bn),)](x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
+                                        weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
+                                        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return y
 
 
