@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -26,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_model(model: str | None, shape: str | None, precision: str):
-    """An fp16 model on the GPU (from a checkpoint or random weights at a shape), quantized for w8a8."""
+    """An fp16 model on the GPU (from a checkpoint or random weights at a shape); for w8a8 the Quamba
+    recipe with int8 embedding and LM head too (as the authors' evaluation script does)."""
     from ..config import shape_config
     from ..loading import load_model
     from ..models import MambaLM, init_random_weights
@@ -44,7 +46,7 @@ def build_model(model: str | None, shape: str | None, precision: str):
 
         vocab = m.config.tokenizer_vocab_size
         calib = [torch.randint(0, vocab, (1, 128), device="cuda") for _ in range(2)]
-        quantize_(m, RECIPES["quamba"](), calib, show_progress=False)
+        quantize_(m, RECIPES["quamba"](quantize_embedding=True, quantize_lm_head=True), calib, show_progress=False)
     return m
 
 
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         results.append(bench_transformers(cfg, args.batch, args.prompt_len, args.gen_len))
     if args.json:
         print(json.dumps({"device": torch.cuda.get_device_name(), "copy_bandwidth_GBps": bw / 1e9,
+                          "command": "quamba " + " ".join(sys.argv[1:]),
                           "model": args.model or args.shape, "results": [r.to_dict() for r in results]}, indent=1))
     else:
         print(f"device: {torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s  model: "
