@@ -1,5 +1,5 @@
 """Ops the models call; each dispatches to a Triton kernel or to its plain-torch reference."""
-from . import qreference, reference
+from . import fused_reference, qreference, reference
 from .dispatch import backend, dispatched, get_backend, set_backend
 
 # floating point
@@ -30,3 +30,9 @@ qssd_chunked = dispatched("qssd_chunked", qreference.qssd_chunked)
 qssd_state_update = dispatched("qssd_state_update", qreference.qssd_state_update)
 hadamard_quant = dispatched("hadamard_quant", qreference.hadamard_quant)
 qembedding = dispatched("qembedding", qreference.qembedding)
+
+# fused Mamba1 decode step (two launches per layer)
+conv_xproj_step = dispatched("conv_xproj_step", fused_reference.conv_xproj_step)
+dtproj_state_step = dispatched("dtproj_state_step", fused_reference.dtproj_state_step)
+qconv_xproj_step = dispatched("qconv_xproj_step", fused_reference.qconv_xproj_step)
+qdtproj_state_step = dispatched("qdtproj_state_step", fused_reference.qdtproj_state_step)

@@ -42,6 +42,10 @@ TRITON_KERNELS: dict[str, str] = {
     "qssd_state_update": "quamba.kernels.state_update:qssd_state_update",
     "hadamard_quant": "quamba.kernels.hadamard:hadamard_quant",
     "qembedding": "quamba.kernels.qembedding:qembedding",
+    "conv_xproj_step": "quamba.kernels.mamba1_step:conv_xproj_step",
+    "dtproj_state_step": "quamba.kernels.mamba1_step:dtproj_state_step",
+    "qconv_xproj_step": "quamba.kernels.mamba1_step:qconv_xproj_step",
+    "qdtproj_state_step": "quamba.kernels.mamba1_step:qdtproj_state_step",
 }
 
 _backend = os.environ.get("QUAMBA_BACKEND", "auto")
