@@ -175,7 +175,8 @@ def _check_conv(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | 
     check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
     check(tuple(conv_w.shape) == (d, k), f"conv weight {tuple(conv_w.shape)} != {(d, k)}")
     check(conv_b is None or conv_b.numel() == d, f"conv bias does not match {d} channels")
-    check(xproj_w.dim() == 2 and xproj_w.shape[1] == d, f"x_proj weight {tuple(xproj_w.shape)} does not take {d} inputs")
+    check(xproj_w.dim() == 2 and xproj_w.shape[1] == d,
+          f"x_proj weight {tuple(xproj_w.shape)} does not take {d} inputs")
     check(xproj_w.shape[0] <= 1024, f"x_proj has {xproj_w.shape[0]} outputs; at most 1024 supported")
 
 
