@@ -28,37 +28,80 @@ def poisoned(monkeypatch):
 def _check_codes(y, ref, max_frac=1e-3):
     """Equal int8 codes except rare off-by-one ones where fp32 summation order decides a rounding."""
     assert y.dtype == torch.int8 and y.shape == ref.shape
+    if y.numel() == 0:
+        return
     d = (y.int() - ref.int()).abs()
     assert d.max().item() <= 1
     assert (d > 0).sum().item() <= max(2, max_frac * d.numel())
 
 
-@pytest.mark.parametrize("n", [64, 96, 160, 224, 320, 768, 1024])
+def _scales(x):
+    n = x.shape[-1]
+    amax = hadamard_transform(x.float()).abs().max().item()
+    return (amax / 100, torch.tensor(amax / 127, device=x.device),
+            torch.rand(n, device=x.device) * amax / 60 + 1e-3)
+
+
+def _launch(x, scale, **kw):
+    n = x.shape[-1]
+    out = torch.full(x.shape, 77, dtype=torch.int8, device=x.device)
+    K.launch(x.reshape(-1, n), out.view(-1, n), scale, **kw)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 8, 64, 96, 160, 224, 320, 768, 1024, 1536, 2560, 5120])
 def test_factors_rebuild_the_hadamard_matrix(n):
-    r, c, r_pad, c_pad, g = K.tile_plan(n)
-    assert r * c == n and r <= r_pad and c <= c_pad and g * r_pad >= 16
-    hc, hr = K._factors(n, torch.device("cpu"))
-    h_c = hc[:c, :c].t().contiguous().double()
-    h_r = hr[:r, :r].contiguous().double()
-    assert torch.equal(torch.kron(h_r, h_c), hadamard_matrix(n))
+    r, c, rp, cp = K.tile_plan(n)
+    assert r * c == n and r <= rp and c <= cp and (r == 1 or rp >= 16) and cp >= 16
+    assert c & (c - 1) == 0 and c <= 256
+    hc, hr = K._tables(n, torch.float32, torch.device("cpu"))
+    h_c = hc[:c, :c].t().contiguous().to(torch.int8)
+    h_r = hr[:r, :r].contiguous().to(torch.int8)
+    assert torch.equal(torch.kron(h_r, h_c), hadamard_matrix(n, torch.int8))
+    assert hc[c:].abs().sum() == 0 and hc[:, c:].abs().sum() == 0 and hr[r:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("n", [64, 96, 160, 320, 1024])
+@pytest.mark.parametrize("c,bk", [(64, 16), (128, 64), (256, 64), (32, 16)])
+def test_sylvester_blocks_are_kronecker(c, bk):
+    """The row-tile launch relies on ``H_C = kron(H_{C/BK}, H_BK)``, with ``H_BK`` the table's corner."""
+    g = c // bk
+    assert torch.equal(hadamard_matrix(c), torch.kron(hadamard_matrix(g), hadamard_matrix(bk)))
+    hc, _ = K._tables(c, torch.float32, torch.device("cpu"))
+    assert torch.equal(hc[:bk, :bk].double(), hadamard_matrix(bk).t())
+
+
+@pytest.mark.parametrize("n", [64, 96, 160, 320, 1024, 1536])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matches_reference(n, dtype, poisoned):
     x = (torch.randn(3, 5, n, device=DEV) * 2).to(dtype)
     x[..., n // 3] *= 30  # an outlier channel, as the rotation is meant for
-    amax = hadamard_transform(x.float()).abs().max().item()
-    for scale in (amax / 100, torch.tensor(amax / 127, device=DEV), torch.rand(n, device=DEV) * amax / 60 + 1e-3):
+    for scale in _scales(x):
         _check_codes(K.hadamard_quant(x, scale), Q.hadamard_quant(x, scale))
 
 
-@pytest.mark.parametrize("shape", [(1, 96), (160,), (2, 1, 7, 64)])
+@pytest.mark.parametrize("n,bk", [(1024, 16), (768, 32), (3072, None), (224, None), (64, 16)])
+@pytest.mark.parametrize("col_split", [False, True])
+def test_both_launch_shapes(n, bk, col_split):
+    """Row tiles (2- and 4-way butterflies over ``H_BK`` chunks) and column blocks, rows not a multiple
+    of the tile."""
+    x = torch.randn(37 if n == 64 else 3, n, device=DEV).to(torch.float16)
+    scale = _scales(x)[2]
+    _check_codes(_launch(x, scale, col_split=col_split, bk=bk), Q.hadamard_quant(x, scale))
+
+
+@pytest.mark.parametrize("bc", [16, 32])
+def test_column_blocks(bc):
+    x = torch.randn(2, 768, device=DEV, dtype=torch.bfloat16)
+    s = _scales(x)[1]
+    _check_codes(_launch(x, s, col_split=True, bc=bc), Q.hadamard_quant(x, s))
+
+
+@pytest.mark.parametrize("shape", [(1, 96), (160,), (2, 1, 7, 64), (0, 320)])
 def test_batch_shapes_and_noncontiguous(shape, poisoned):
     n = shape[-1]
     base = torch.randn(*shape[:-1], 2 * n, device=DEV)
     x = base[..., ::2]
-    s = hadamard_transform(x.float()).abs().max().item() / 127
+    s = 0.05 if x.numel() == 0 else hadamard_transform(x.float()).abs().max().item() / 127
     y = K.hadamard_quant(x, s)
     assert y.shape == x.shape
     _check_codes(y, Q.hadamard_quant(x, s))
@@ -74,6 +117,17 @@ def test_transform_is_normalized():
     _check_codes(K.hadamard_quant(x, s), Q.hadamard_quant(x, s))
 
 
+def test_saturates_and_rounds_half_to_even():
+    n = 64
+    x = torch.zeros(2, n, device=DEV)
+    x[0, 0] = 8.0 * 2.5  # every output is 2.5 (-> 2) after / sqrt(64) with scale 1
+    x[1, 0] = 8.0 * 1000
+    y = K.hadamard_quant(x, 1.0)
+    assert torch.equal(y[0], torch.full((n,), 2, dtype=torch.int8, device=DEV))
+    assert torch.equal(y[1], torch.full((n,), 127, dtype=torch.int8, device=DEV))
+    assert torch.equal(K.hadamard_quant(-x, 1.0)[1], torch.full((n,), -128, dtype=torch.int8, device=DEV))
+
+
 def test_bad_inputs_raise():
     with pytest.raises(InvalidArgumentError):
         K.hadamard_quant(torch.randn(2, 36, device=DEV), 0.1)
@@ -81,11 +135,13 @@ def test_bad_inputs_raise():
         K.hadamard_quant(torch.randint(0, 3, (2, 64), device=DEV), 0.1)
     with pytest.raises(InvalidArgumentError):
         K.hadamard_quant(torch.randn(2, 64, device=DEV), torch.ones(3, device=DEV))
+    with pytest.raises(InvalidArgumentError):
+        K.tile_plan(12 * 2048)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [768, 1536, 2560, 4096, 5120, 8192])
-@pytest.mark.parametrize("m", [1, 1024])
+@pytest.mark.parametrize("m", [1, 5, 1024])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_real_shapes_gpu(n, m, dtype):
     x = torch.randn(m, n, device=DEV).to(dtype)
@@ -95,3 +151,28 @@ def test_real_shapes_gpu(n, m, dtype):
     per_chan = torch.rand(n, device=DEV) * s + s / 2
     _check_codes(K.hadamard_quant(x, per_chan), Q.hadamard_quant(x, per_chan))
     assert math.isfinite(s)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("col_split", [False, True])
+@pytest.mark.parametrize("n", [2560, 5120, 8192])
+def test_both_launch_shapes_gpu(n, col_split):
+    x = torch.randn(64, n, device=DEV, dtype=torch.float16)
+    s = torch.tensor(hadamard_transform(x.float()).abs().max().item() / 127, device=DEV)
+    _check_codes(_launch(x, s, col_split=col_split), Q.hadamard_quant(x, s))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture():
+    n = 5120
+    x = torch.randn(1, n, device=DEV, dtype=torch.float16)
+    s = torch.tensor(0.05, device=DEV)
+    K.hadamard_quant(x, s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = K.hadamard_quant(x, s)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    _check_codes(y, Q.hadamard_quant(x, s))

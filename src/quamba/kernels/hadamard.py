@@ -1,13 +1,25 @@
 """Fused normalized Hadamard transform + int8 quantization (one read of x, one int8 write).
 
-``H_n = kron(H_R, H_C)`` with ``H_C`` a Sylvester matrix of order ``C <= 128`` and
-``H_R = kron(H_m, H_{2^j})`` (both from ``quamba.quantization.hadamard.hadamard_matrix``). Viewing
-a row as ``X [R, C]``, ``x @ H_n^T`` is ``H_R @ X @ H_C^T``: two tensor-core products per row
-tile. Products with ±1 are exact; to keep fp32 accuracy on tensor cores the fp32 operands are
-split into three bf16 pieces (8 significant bits each, so the split is exact) and accumulated in
-fp32. The result can differ from the fp32 butterflies of the reference only by summation-order
-rounding, i.e. rare off-by-one int8 codes. Each program loads the two ±1 matrices once and then
-walks over row tiles (persistent grid).
+``H_n = kron(H_R, H_C)`` with ``H_C`` a Sylvester matrix of order ``C <= 256`` and ``H_R`` the
+rest of the project's ``hadamard_matrix`` (``kron(H_m, H_{2^j})``). A row viewed as ``X [R, C]``
+maps to ``Y = H_R X H_C^T / sqrt(n)``; output column blocks of ``Y`` are independent, so the work
+of one row spreads over several programs.
+
+Two launch shapes share one kernel:
+
+* column split (few rows, decode): program ``(row, j)`` computes columns ``j*BC ..`` of ``Y`` for
+  one row: ``X [R, C] @ H_C^T[:, block]`` (one tensor-core product; the ±1 block comes from a
+  small cached device table), then the ``R x R`` mixing.
+* row tiles (prefill): a program owns whole rows. ``H_C = kron(H_G, H_BK)`` with ``G <= 4``: each
+  ``BK``-wide chunk of ``X`` is multiplied by ``H_BK`` once on tensor cores and the ``G`` chunk
+  products are combined by fp32 butterflies, so the tensor-core work per element is ``BK``, not
+  ``C``.
+
+Precision: products with ±1 are exact; fp16/bf16 ``x`` feeds the tensor cores directly with fp32
+accumulation; fp32 operands (fp32 ``x`` and the intermediate before the ``R`` mixing) are split
+into three bf16 pieces (8 significant bits each, so the split is exact). The result can differ
+from the reference's fp32 butterflies only by summation-order rounding, i.e. rare off-by-one int8
+codes.
 """
 from __future__ import annotations
 
@@ -20,14 +32,15 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
-from .int8_gemm import interpreting, num_sms, quantize_int8
+from .int8_gemm import interpreting, num_sms
 
 Tensor = torch.Tensor
 Scale = float | Tensor
 
-_MAX_C = 128
 _BASES = (1, 12, 20, 28)
-_MAX_TILE = 16384
+_MAX_C = 256
+_MAX_RP = 64
+_MAX_BK = 64
 
 
 @triton.jit
@@ -40,108 +53,170 @@ def _split3(v):
 
 
 @triton.jit
-def _dot3_left(v, h, INTERP: tl.constexpr):
-    """``v @ h`` for fp32 ``v`` and ±1 ``h`` at fp32 accuracy on bf16 tensor cores."""
-    a, b, c = _split3(v)
+def _dot_pm1(a, h, acc, IN_KIND: tl.constexpr, INTERP: tl.constexpr):
+    """``acc + a @ h`` for ±1 ``h`` (fp16 for fp16 ``a``, else bf16) with exact products."""
     if INTERP:
-        hf = h.to(tl.float32)
-        acc = tl.dot(a, hf)
-        acc = tl.dot(b, hf, acc)
-        return tl.dot(c, hf, acc)
+        return tl.dot(a.to(tl.float32), h.to(tl.float32), acc, input_precision="ieee")
+    elif IN_KIND == 2:
+        hi, mid, lo = _split3(a)
+        acc = tl.dot(hi.to(tl.bfloat16), h, acc)
+        acc = tl.dot(mid.to(tl.bfloat16), h, acc)
+        return tl.dot(lo.to(tl.bfloat16), h, acc)
     else:
-        hb = h.to(tl.bfloat16)
-        acc = tl.dot(a.to(tl.bfloat16), hb)
-        acc = tl.dot(b.to(tl.bfloat16), hb, acc)
-        return tl.dot(c.to(tl.bfloat16), hb, acc)
+        return tl.dot(a, h, acc)
 
 
 @triton.jit
-def _dot3_right(h, v, INTERP: tl.constexpr):
-    """``h @ v`` for ±1 ``h`` and fp32 ``v`` at fp32 accuracy on bf16 tensor cores."""
-    a, b, c = _split3(v)
+def _mix(h, t, INTERP: tl.constexpr):
+    """``h @ t`` for ±1 bf16 ``h`` and fp32 ``t`` at fp32 accuracy on bf16 tensor cores."""
     if INTERP:
-        hf = h.to(tl.float32)
-        acc = tl.dot(hf, a)
-        acc = tl.dot(hf, b, acc)
-        return tl.dot(hf, c, acc)
-    else:
-        hb = h.to(tl.bfloat16)
-        acc = tl.dot(hb, a.to(tl.bfloat16))
-        acc = tl.dot(hb, b.to(tl.bfloat16), acc)
-        return tl.dot(hb, c.to(tl.bfloat16), acc)
+        return tl.dot(h.to(tl.float32), t, input_precision="ieee")
+    hi, mid, lo = _split3(t)
+    acc = tl.dot(h, hi.to(tl.bfloat16))
+    acc = tl.dot(h, mid.to(tl.bfloat16), acc)
+    return tl.dot(h, lo.to(tl.bfloat16), acc)
 
 
 @triton.jit
-def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_val, inv_sqrt_n,
-                           M, stride_xm, stride_om, num_tiles,
-                           R: tl.constexpr, C: tl.constexpr, R_PAD: tl.constexpr, C_PAD: tl.constexpr,
-                           G: tl.constexpr, HAS_R: tl.constexpr, IN_KIND: tl.constexpr, OS_MODE: tl.constexpr,
-                           INTERP: tl.constexpr):
-    ROWS: tl.constexpr = G * R_PAD
-    i = tl.arange(0, ROWS)
-    c = tl.arange(0, C_PAD)
-    g = i // R_PAD
-    r = i % R_PAD
-    col = r[:, None] * C + c[None, :]
-    inner_ok = (r < R)[:, None] & (c < C)[None, :]
-    hc = tl.load(hc_ptr + c[:, None] * C_PAD + c[None, :])
-    if IN_KIND == 0:
-        hc16 = hc.to(tl.float16)
-    else:
-        hc16 = hc.to(tl.bfloat16)
+def _quant(v):
+    """Saturate to [-128, 127] and round half to even (the 1.5*2^23 shift rounds in fp32 arithmetic)."""
+    v = tl.minimum(tl.maximum(v, -128.0), 127.0)
+    return ((v + 12582912.0) - 12582912.0).to(tl.int8)
+
+
+@triton.jit
+def _finish(t, hr, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
+            W: tl.constexpr, C: tl.constexpr, HAS_R: tl.constexpr, OS_MODE: tl.constexpr,
+            INTERP: tl.constexpr):
+    """Mix rows with ``H_R``, scale by ``1 / (sqrt(n) * out_scale)``, quantize and store columns
+    ``col0 .. col0+W`` of the tile (``mult`` is that factor unless the scale is per channel)."""
     if HAS_R:
-        hr = tl.load(hr_ptr + i[:, None] * ROWS + i[None, :])
+        t = _mix(hr, t, INTERP)
+    col = col0 + tl.arange(0, W)
+    ok = ok_t[:, None] & (col < C)[None, :]
+    if OS_MODE == 2:
+        s = tl.load(os_ptr + soff[:, None] + col[None, :], mask=ok, other=1.0).to(tl.float32)
+        q = _quant(t * (inv_sqrt_n / s))
+    else:
+        q = _quant(t * mult)
+    tl.store(out_ptr + ooff[:, None] + col[None, :], q, mask=ok)
+
+
+@triton.jit
+def _load(x_ptr, xoff, ok_t, c0, W: tl.constexpr, C: tl.constexpr):
+    """Columns ``c0 .. c0+W`` of the tile's rows (zeros past ``C``)."""
+    col = c0 + tl.arange(0, W)
+    return tl.load(x_ptr + xoff[:, None] + col[None, :], mask=ok_t[:, None] & (col < C)[None, :], other=0.0)
+
+
+@triton.jit
+def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_mult, inv_sqrt_n,
+                           M, stride_xm, stride_om,
+                           R: tl.constexpr, C: tl.constexpr, RP: tl.constexpr, CP: tl.constexpr,
+                           TM: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, COL_SPLIT: tl.constexpr,
+                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr):
+    HAS_R: tl.constexpr = R > 1
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, TM)
+    if HAS_R:
+        ok_t = t < R
+        xoff = pid * stride_xm + t * C
+        ooff = pid * stride_om + t * C
+        soff = t * C
+        rr = tl.arange(0, RP)
+        hr = tl.load(hr_ptr + rr[:, None] * RP + rr[None, :])
+    else:
+        row = pid * TM + t
+        ok_t = row < M
+        xoff = row * stride_xm
+        ooff = row * stride_om
+        soff = t * 0
+        hr = 0.0
     if OS_MODE == 1:
-        s_all = tl.load(os_ptr).to(tl.float32)
-    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        brow = tile * G + g
-        ok = inner_ok & (brow < M)[:, None]
-        x = tl.load(x_ptr + brow[:, None] * stride_xm + col, mask=ok, other=0.0)
-        if IN_KIND == 2:
-            t = _dot3_left(x, hc, INTERP)
-        elif INTERP:
-            t = tl.dot(x.to(tl.float32), hc.to(tl.float32))
+        mult = inv_sqrt_n / tl.load(os_ptr).to(tl.float32)
+    else:
+        mult = os_mult
+    if COL_SPLIT:
+        col0 = tl.program_id(1) * BC
+        j = col0 + tl.arange(0, BC)
+        acc = tl.zeros([TM, BC], tl.float32)
+        for k0 in tl.static_range(0, CP, BK):
+            k = k0 + tl.arange(0, BK)
+            h = tl.load(hc_ptr + k[:, None] * CP + j[None, :])
+            acc = _dot_pm1(_load(x_ptr, xoff, ok_t, k0, BK, C), h, acc, IN_KIND, INTERP)
+        _finish(acc, hr, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE, INTERP)
+    else:
+        G: tl.constexpr = CP // BK
+        k = tl.arange(0, BK)
+        h = tl.load(hc_ptr + k[:, None] * CP + k[None, :])
+        z = tl.zeros([TM, BK], tl.float32)
+        if G == 1:
+            _finish(_dot_pm1(_load(x_ptr, xoff, ok_t, 0, BK, C), h, z, IN_KIND, INTERP), hr, 0, ooff, soff,
+                    ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R, OS_MODE, INTERP)
+        elif G == 2:
+            x0 = _load(x_ptr, xoff, ok_t, 0, BK, C)
+            x1 = _load(x_ptr, xoff, ok_t, BK, BK, C)
+            p0 = _dot_pm1(x0, h, z, IN_KIND, INTERP)
+            p1 = _dot_pm1(x1, h, z, IN_KIND, INTERP)
+            _finish(p0 + p1, hr, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
+            _finish(p0 - p1, hr, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
         else:
-            t = tl.dot(x, hc16)
-        if HAS_R:
-            t = _dot3_right(hr, t, INTERP)
-        y = t * inv_sqrt_n
-        if OS_MODE == 0:
-            q = quantize_int8(y, os_val)
-        elif OS_MODE == 1:
-            q = quantize_int8(y, s_all)
-        else:
-            q = quantize_int8(y, tl.load(os_ptr + col, mask=ok, other=1.0).to(tl.float32))
-        tl.store(out_ptr + brow[:, None] * stride_om + col, q, mask=ok)
+            if IN_KIND == 2:
+                p0 = _dot_pm1(_load(x_ptr, xoff, ok_t, 0, BK, C), h, z, IN_KIND, INTERP)
+                p1 = _dot_pm1(_load(x_ptr, xoff, ok_t, BK, BK, C), h, z, IN_KIND, INTERP)
+                p2 = _dot_pm1(_load(x_ptr, xoff, ok_t, 2 * BK, BK, C), h, z, IN_KIND, INTERP)
+                p3 = _dot_pm1(_load(x_ptr, xoff, ok_t, 3 * BK, BK, C), h, z, IN_KIND, INTERP)
+            else:
+                x0 = _load(x_ptr, xoff, ok_t, 0, BK, C)
+                x1 = _load(x_ptr, xoff, ok_t, BK, BK, C)
+                x2 = _load(x_ptr, xoff, ok_t, 2 * BK, BK, C)
+                x3 = _load(x_ptr, xoff, ok_t, 3 * BK, BK, C)
+                p0 = _dot_pm1(x0, h, z, IN_KIND, INTERP)
+                p1 = _dot_pm1(x1, h, z, IN_KIND, INTERP)
+                p2 = _dot_pm1(x2, h, z, IN_KIND, INTERP)
+                p3 = _dot_pm1(x3, h, z, IN_KIND, INTERP)
+            s0 = p0 + p1
+            d0 = p0 - p1
+            s1 = p2 + p3
+            d1 = p2 - p3
+            _finish(s0 + s1, hr, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
+            _finish(d0 + d1, hr, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
+            _finish(s0 - s1, hr, 2 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
+            _finish(d0 - d1, hr, 3 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                    OS_MODE, INTERP)
 
 
 @functools.lru_cache(maxsize=None)
-def tile_plan(n: int) -> tuple[int, int, int, int, int]:
-    """``(R, C, R_PAD, C_PAD, G)``: a row is ``R x C`` (``n = R*C``), padded to ``R_PAD x C_PAD``;
-    ``G`` rows share a tile so that every tile has at least 16 rows for ``tl.dot``."""
+def tile_plan(n: int) -> tuple[int, int, int, int]:
+    """``(R, C, RP, CP)``: a row is ``R x C`` (``n = R*C``, ``H_n = kron(H_R, H_C)``, ``C`` a power of
+    two), padded to ``RP x CP`` for ``tl.dot`` (``RP = 1`` when ``R = 1``: no row mixing)."""
     if not supported_hadamard_size(n):
         raise InvalidArgumentError(f"no Hadamard transform of size {n}")
-    p = next(n // m for m in _BASES if n % m == 0 and (n // m) & (n // m - 1) == 0)
-    c = min(p, _MAX_C)
+    m = next(b for b in _BASES if n % b == 0 and (n // b) & (n // b - 1) == 0)
+    p = n // m
+    c = min(p, _MAX_C) if m > 1 or p <= _MAX_C else min(_MAX_C, p // 16)
     r = n // c
-    r_pad = triton.next_power_of_2(r)
-    c_pad = max(16, c)
-    g = max(1, 16 // r_pad)
-    if g * r_pad * c_pad > _MAX_TILE:
-        raise InvalidArgumentError(f"hadamard_quant supports sizes up to 16384, got {n}")
-    return r, c, r_pad, c_pad, g
+    rp = 1 if r == 1 else max(16, triton.next_power_of_2(r))
+    if rp > _MAX_RP:
+        raise InvalidArgumentError(f"hadamard_quant supports sizes with at most {_MAX_RP} rows of "
+                                   f"{_MAX_C}, got {n}")
+    return r, c, rp, max(16, c)
 
 
 @functools.lru_cache(maxsize=None)
-def _factors(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Zero-padded int8 ``H_C^T [C_PAD, C_PAD]`` and block-diagonal ``kron(I_G, H_R) [ROWS, ROWS]``."""
-    r, c, r_pad, c_pad, g = tile_plan(n)
-    hc = torch.zeros(c_pad, c_pad, dtype=torch.int8)
-    hc[:c, :c] = hadamard_matrix(c, torch.int8).t()
-    hr_block = torch.zeros(r_pad, r_pad, dtype=torch.int8)
-    hr_block[:r, :r] = hadamard_matrix(r, torch.int8)
-    hr = torch.kron(torch.eye(g, dtype=torch.int8), hr_block)
-    return hc.to(device), hr.contiguous().to(device)
+def _tables(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Zero-padded ``H_C^T [CP, CP]`` in the dot dtype and ``H_R [RP, RP]`` in bf16, on ``device``."""
+    r, c, rp, cp = tile_plan(n)
+    hc = torch.zeros(cp, cp)
+    hc[:c, :c] = hadamard_matrix(c, torch.float32).t()
+    hr = torch.zeros(rp, rp)
+    hr[:r, :r] = hadamard_matrix(r, torch.float32)
+    return hc.to(device=device, dtype=dtype), hr.to(device=device, dtype=torch.bfloat16)
 
 
 def _scale_arg(s: Scale, n: int, device: torch.device, dummy: Tensor) -> tuple[Tensor, float, int]:
@@ -157,28 +232,59 @@ def _scale_arg(s: Scale, n: int, device: torch.device, dummy: Tensor) -> tuple[T
     return s, 1.0, 1 if s.numel() == 1 else 2
 
 
+def _col_block(cp: int, row_tiles: int) -> int:
+    if row_tiles <= 8:
+        return min(16, cp)
+    return min(32 if row_tiles <= 32 else 64, cp)
+
+
+def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
+           bc: int | None = None) -> None:
+    """Run the kernel on contiguous-row ``x2 [M, n]`` into int8 ``out [M, n]``.
+
+    ``col_split``/``bk``/``bc`` override the launch shape (tests use them to cover both shapes)."""
+    m, n = x2.shape
+    r, c, rp, cp = tile_plan(n)
+    if col_split is None:
+        col_split = (m if r > 1 else triton.cdiv(m, 32)) < num_sms(x2.device)
+    tm = rp if r > 1 else (16 if col_split else 32)
+    row_tiles = m if r > 1 else triton.cdiv(m, tm)
+    if col_split:
+        bk = bk or (cp if x2.dtype != torch.float32 else min(_MAX_BK, cp))
+        bc = bc or _col_block(cp, row_tiles)
+        grid = (row_tiles, cp // bc)
+        warps = 4
+    else:
+        bk = bk or min(_MAX_BK, cp)
+        bc = bk
+        grid = (row_tiles,)
+        warps = 8 if tm * cp >= 16384 else 4
+    if cp % bc or cp % bk or (not col_split and cp // bk > 4) or bc < 16 or bk < 16:
+        raise InvalidArgumentError(f"bad hadamard_quant blocks bk={bk} bc={bc} for C={cp}")
+    in_kind = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[x2.dtype]
+    hc, hr = _tables(n, torch.float16 if in_kind == 0 else torch.bfloat16, x2.device)
+    os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x2.device, out)
+    inv_sqrt_n = 1.0 / math.sqrt(n)
+    mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
+    _hadamard_quant_kernel[grid](
+        x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
+        R=r, C=c, RP=rp, CP=cp, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
+        INTERP=interpreting(), num_warps=warps, num_stages=1)
+
+
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     """``quantize(x @ H_n^T / sqrt(n), out_scale)`` over the last dim ``n`` of fp16/bf16/fp32 ``x``."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0:
         raise InvalidArgumentError("hadamard_quant needs a floating-point tensor with at least one dimension")
     n = x.shape[-1]
-    r, c, r_pad, c_pad, g = tile_plan(n)
+    tile_plan(n)
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         x = x.float()
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    m = x2.shape[0]
     out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-    if m == 0:
+    if x2.shape[0] == 0:
         return out
-    hc, hr = _factors(n, x.device)
-    os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x.device, out)
-    tiles = triton.cdiv(m, g)
-    grid = (min(tiles, 4 * num_sms(x.device)),)
-    in_kind = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[x2.dtype]
-    _hadamard_quant_kernel[grid](
-        x2, out, hc, hr, os_ptr, os_val, 1.0 / math.sqrt(n), m, x2.stride(0), n, tiles,
-        R=r, C=c, R_PAD=r_pad, C_PAD=c_pad, G=g, HAS_R=r > 1, IN_KIND=in_kind, OS_MODE=os_mode,
-        INTERP=interpreting(), num_warps=8 if g * r_pad * c_pad >= 4096 else 4, num_stages=2)
+    launch(x2, out.view(-1, n), out_scale)
     return out
