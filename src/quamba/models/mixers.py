@@ -59,10 +59,9 @@ class Mamba1Mixer(nn.Module):
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight[:, 0]
         if state is not None and h.shape[1] == 1:
-            x = ops.causal_conv1d_update(x[:, 0], state.conv, w, self.conv1d.bias, silu=True)
-            dt, B, C, A = self._ssm_params(x)
-            y = ops.selective_state_update(state.ssm, x, dt, A, B, C, self.D, z[:, 0],
-                                           dt_bias=self.dt_proj.bias, dt_softplus=True)
+            u, dbc = ops.conv_xproj_step(x[:, 0], state.conv, w, self.conv1d.bias, self.x_proj.weight)
+            y = ops.dtproj_state_step(state.ssm, u, dbc, self.dt_proj.weight, self.dt_proj.bias, _negative_exp(self),
+                                      self.D, z[:, 0])
             return self.out_proj(y).unsqueeze(1)
         conv_in = x
         x = ops.causal_conv1d(x, w, self.conv1d.bias, silu=True,
