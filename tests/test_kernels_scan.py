@@ -52,50 +52,59 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.mark.parametrize("bt,L,d,n,dtype,t_chunk,full", [
-    (1, 37, 96, 16, torch.float32, None, True),
-    (3, 37, 96, 16, torch.float16, 8, True),
-    (2, 29, 40, 5, torch.float32, 16, False),
-    (3, 21, 48, 8, torch.float16, None, False),
+@pytest.mark.parametrize("bt,L,d,n,dtype,plan,full", [
+    (1, 37, 24, 16, torch.float32, dict(chunk=16), True),                    # 3 chunks, ragged last block
+    (3, 21, 40, 5, torch.float16, dict(chunk=8, t_block=4), False),          # ragged N (padded states)
+    (2, 29, 48, 16, torch.bfloat16, dict(chunk=16, bd=16, t_block=4), True),  # another program shape
 ])
-def test_selective_scan_matches_reference(poisoned, bt, L, d, n, dtype, t_chunk, full):
+def test_selective_scan_matches_reference(poisoned, bt, L, d, n, dtype, plan, full):
     u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, d, n, dtype, strided_bc=full)
     kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True, initial_state=h0) if full else \
         dict(delta_softplus=False)
     if not full:
         delta = delta.abs() * 0.1
-    y, last = K._scan(u, delta, A, B.float(), C.float(), kw.get("D"), kw.get("z"), kw.get("delta_bias"),
-                      kw["delta_softplus"], kw.get("initial_state"), u.dtype, None, t_chunk)
+    y, last = K._scan(u, delta, A, B, C, kw.get("D"), kw.get("z"), kw.get("delta_bias"), kw["delta_softplus"],
+                      kw.get("initial_state"), u.dtype, None, **plan)
     y_ref, last_ref = R.selective_scan(u, delta, A, B, C, **kw)
     assert y.dtype == u.dtype and last.dtype == torch.float32 and y.shape == y_ref.shape
-    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     assert _rel(y, y_ref) < tol
     assert _rel(last, last_ref) < 1e-5
 
 
 def test_selective_scan_public_entry_point(poisoned):
-    u, delta, A, B, C, D, z, bias, h0 = _inputs(2, 19, 64, 16, torch.float32)
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(2, 19, 24, 16, torch.float32)
     y, last = K.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, chunk_size=4)
     y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
     assert _rel(y, y_ref) < 1e-5 and _rel(last, last_ref) < 1e-5
 
 
-@pytest.mark.parametrize("bt,L,d,n,t_chunk,tensor_scales", [
-    (3, 37, 96, 16, 8, False),
-    (2, 26, 40, 5, None, True),
+def test_scan_plan_fills_the_gpu_with_few_chunks():
+    p = K.scan_plan(1, 1024, 5120, 16, 132)
+    assert 2 <= p.n_chunks <= 8 and p.t_chunk % p.t_block == 0
+    assert p.n_chunks * -(-5120 // p.bd) >= 132 * 8
+    assert p.n_chunks * p.t_chunk >= 1024 > (p.n_chunks - 1) * p.t_chunk
+    assert K.scan_plan(16, 1024, 5120, 16, 132).n_chunks == 1  # enough channels: one pass
+    assert K.scan_plan(1, 37, 24, 16, 132, chunk=13) == K.ScanPlan(8, 8, 16, 3)
+
+
+@pytest.mark.parametrize("bt,L,d,n,plan,tensor_scales", [
+    (2, 26, 40, 16, dict(chunk=8), True),
+    (1, 23, 24, 5, None, False),
 ])
-def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, t_chunk, tensor_scales):
+def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, plan, tensor_scales):
     u, delta, A, B, C, D, z, bias, h0 = _inputs(bt, L, d, n, torch.float32)
-    s = dict(u=0.03, dt=0.02, B=0.03, C=0.03, z=0.03, state=0.05)
+    s = dict(u=0.03, dt=0.02, B=0.03, C=0.04, z=0.03, state=0.05)
     uq, dq, Bq, Cq, zq = (Q.quantize(t, s[k]) for t, k in ((u, "u"), (delta, "dt"), (B, "B"), (C, "C"), (z, "z")))
     h0q = Q.quantize(h0, s["state"])
     ks = {k: torch.tensor(v) for k, v in s.items()} if tensor_scales else s
-    if t_chunk is None:
+    if plan is None:
         y, last = K.qselective_scan(uq, ks["u"], dq, ks["dt"], A, Bq, ks["B"], Cq, ks["C"], D, zq, ks["z"], bias,
                                     ks["state"], h0q)
     else:
-        y, last = K._scan(uq, dq, A, Bq * s["B"], Cq * s["C"], D, zq, bias, True, h0q, torch.float16,
-                          (s["u"], s["dt"], s["z"], s["state"]), t_chunk)
+        scales = tuple(ks[k].reshape(1).float() if tensor_scales else ks[k]
+                       for k in ("u", "dt", "z", "state", "B", "C"))
+        y, last = K._scan(uq, dq, A, Bq, Cq, D, zq, bias, True, h0q, torch.float16, scales, **plan)
     y_ref, last_ref = Q.qselective_scan(uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"], bias,
                                         s["state"], h0q)
     assert y.dtype == torch.float16 and last.dtype == torch.int8

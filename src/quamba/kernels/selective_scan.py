@@ -1,33 +1,43 @@
 """Mamba1 selective scan (prefill) as a chunked Triton scan; fp inputs and int8 inputs.
 
-The sequence is cut into chunks and scanned in two launches, so that the work has
-``batch x channel blocks x chunks`` independent programs instead of one long dependent chain:
+The recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` (per channel ``d`` and state ``n``) is
+split into ``n_chunks`` chunks of ``t_chunk`` tokens so that a batch-1 prefill still has enough
+independent programs to fill the GPU (few chunks: the work of pass 1 is repeated by pass 3):
 
-1. ``_chunk_end_kernel``: per (channel block, chunk, batch), the chunk's end state from a zero
-   start and the sum of its ``dt`` (the chunk's decay is ``exp(A * sum dt)``); not run for the last chunk;
-2. ``_chunk_scan_kernel``: per (channel block, chunk, batch), the chunk's incoming state is combined
-   from the initial state and the end states of the earlier chunks (weights ``exp(A * dt summed over
-   the chunks in between)``, all exponents <= 0), then the chunk is rescanned from it, writing ``y``
-   with the ``D`` skip and the ``silu(z)`` gate fused; the last chunk's program writes the final state.
+1. ``_chunk_state_kernel`` per (channel block, chunk, batch), not for the last chunk: the chunk's end
+   state from a zero start and the sum of its ``dt`` (its total decay is ``exp(A * sum dt)``);
+2. ``_chunk_combine_kernel`` per (channel block, batch): the incoming state of each chunk, combined in
+   chunk order from the initial state (``n_chunks x N`` values per channel, read once);
+3. ``_chunk_scan_kernel`` per (channel block, chunk, batch): the chunk rescanned from its incoming
+   state, writing ``y`` with the ``D`` skip and the ``silu(z)`` gate; the last chunk writes the final
+   state (quantized, round half to even and saturated, on the int8 path).
 
-A thread owns one channel and its ``N`` fp32 state values (registers); the steps of a chunk are
-unrolled ``T_SUB`` at a time so that their loads are issued together. The int8 variant loads int8
-``u, dt, B, C, z`` and the int8 initial state, dequantizes with per-tensor scales in the same
-kernels and quantizes the final state (round half to even, saturated).
+A program is one warp over ``bd`` channels (8 by default); a channel's states are spread over 4
+lanes (``N / 4`` each; the layout of the ``n``-contiguous state tiles). Tokens are processed in
+blocks of ``t_block``: the block's ``u, dt, z, B, C`` tiles are loaded one block ahead (registers),
+``dt`` processing, the ``D`` skip, ``silu(z)`` and the output store happen once per (token, channel),
+and the recurrence over the block runs inside each thread (``tl.associative_scan`` along an axis held
+in registers), so a thread issues the exponentials of a whole block at once instead of one dependent
+step at a time. ``exp`` is ``exp2`` with ``log2(e)`` folded into ``A``. The int8 variant dequantizes
+``u, dt, B, C, z`` and the initial state in the same kernels.
+
+Cost (sm_90 SASS of the main loops, per (token, channel, state) element and thread): the scan pass
+issues ~12 instructions of which 1.25 MUFU (a MUFU op occupies its unit for 8 issue cycles, so both
+limits are ~10-12 cycles), the state pass ~8 with 1.125 MUFU. The default plan takes as many chunks
+as keep the scan pass within one wave of resident warps.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from .int8_gemm import num_sms
 
 Tensor = torch.Tensor
-
-T_SUB = 8
-_TARGET_WARPS = 132 * 16
-
 
 @triton.jit
 def fast_log2(x, FAST: tl.constexpr):
@@ -93,186 +103,304 @@ def quantize_int8(x, scale):
 
 
 @triton.jit
-def _load_vec(ptrs, mask, EVEN: tl.constexpr):
-    if EVEN:
-        v = tl.load(ptrs)
-    else:
-        v = tl.load(ptrs, mask=mask, other=0.0)
-    return v.to(tl.float32)
+def _compose(a1, b1, a2, b2):
+    """``h -> a h + b`` maps composed in sequence order (first ``(a1, b1)``, then ``(a2, b2)``)."""
+    return a1 * a2, b1 * a2 + b2
 
 
 @triton.jit
-def _dt_value(dt, bias, ok, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+def _last_row(x, rows, T: tl.constexpr):
+    """Row ``T - 1`` of ``x [T, ...]`` as ``[1, ...]``, bit-exact: an integer sum of zeros and the row,
+    which the compiler drops when the rows of ``x`` are registers of one thread."""
+    bits = tl.where(rows == T - 1, x.to(tl.int32, bitcast=True), 0)
+    return tl.sum(bits, 0, keep_dims=True).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _scan_block(h, dt, u, Bt, A2, rows3):
+    """States after each token of a block: ``h_t = exp2(dt_t A2) h_{t-1} + dt_t u_t B_t``.
+
+    ``h [1, NP, BD]`` enters as the input of the first token; the scan over the block axis runs inside
+    each thread, so only the ``b`` half of ``_compose`` is computed.
+    """
+    dA = tl.exp2(dt[:, None, :] * A2)
+    x = (dt * u)[:, None, :] * Bt[:, :, None]
+    x = tl.where(rows3 == 0, x + dA * h, x)
+    _, hs = tl.associative_scan((dA, x), 0, _compose)
+    return hs
+
+
+@triton.jit
+def _load_a2(A_ptr, d3, n3, m3, s_ad, s_an):
+    """``A * log2(e)`` as a ``[1, NP, BD]`` tile (0 on padding: no decay there)."""
+    return tl.load(A_ptr + d3 * s_ad + n3 * s_an, mask=m3, other=0.0).to(tl.float32) * 1.4426950408889634
+
+
+@triton.jit
+def _prep(u, dt, m2, bias, su, sdt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr,
+          FAST: tl.constexpr):
+    """fp32 ``u`` and processed ``dt`` (scale, bias, softplus) of a loaded ``[T, BD]`` block; ``dt = 0``
+    outside ``m2`` (no decay, no input)."""
+    u = u.to(tl.float32)
+    dt = dt.to(tl.float32)
+    if QUANT:
+        u = u * su
+        dt = dt * sdt
     if HAS_BIAS:
-        dt = dt + bias
+        dt = dt + bias[None, :]
     if SOFTPLUS:
         dt = softplus(dt, FAST)
-    return tl.where(ok, dt, 0.0)
+    return u, tl.where(m2, dt, 0.0)
 
 
-@triton.jit(do_not_specialize=["s_ud", "s_td", "s_ad", "s_an", "s_sd", "s_sn"])
-def _chunk_end_kernel(
+@triton.jit
+def _fp32(v, scale, QUANT: tl.constexpr):
+    v = v.to(tl.float32)
+    if QUANT:
+        v = v * scale
+    return v
+
+
+@triton.jit
+def _chunk_state_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, st_ptr, ds_ptr,
         L, D, N, T_CHUNK, n_chunks,
-        s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn, s_sd, s_sn,
-        u_scale, dt_scale,
+        s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn,
+        u_scale, dt_scale, B_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        EVEN_N: tl.constexpr, FAST: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T_SUB: tl.constexpr):
+        FAST: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """End state of chunk ``c`` from a zero start, and the chunk's ``dt`` sum, per channel block."""
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, NP)
+    rows = tl.arange(0, T)
     mask_d = offs_d < D
     mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * 1.4426950408889634
-    bias = 0.0
+    d3 = offs_d[None, None, :]
+    n3 = offs_n[None, :, None]
+    m3 = (d3 < D) & (n3 < N)
+    rows3 = rows[:, None, None]
+    A2 = _load_a2(A_ptr, d3, n3, m3, s_ad, s_an)
+    bias = tl.zeros([BD], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     su = 1.0
-    st = 1.0
+    sdt = 1.0
+    sb = 1.0
     if QUANT:
         su = scalar_arg(u_scale, PTRS & 1)
-        st = scalar_arg(dt_scale, PTRS & 2)
-    offs_dl = tl.minimum(offs_d, D - 1)
-    u_row = u_ptr + b * s_ub + offs_dl * s_ud
-    dt_row = dt_ptr + b * s_tb + offs_dl * s_td
-    B_row = B_ptr + b * s_bb + offs_n * s_bn
-
-    h = tl.zeros([NP, BD], tl.float32)
+        sdt = scalar_arg(dt_scale, PTRS & 2)
+        sb = scalar_arg(B_scale, PTRS & 16)
+    h = tl.zeros([1, NP, BD], tl.float32)
     dsum = tl.zeros([BD], tl.float32)
     t_lo = c * T_CHUNK
     t_hi = tl.minimum(t_lo + T_CHUNK, L)
-    for t0 in range(t_lo, t_hi, T_SUB):
-        for i in tl.static_range(T_SUB):
-            ok = t0 + i < t_hi
-            t = tl.minimum(t0 + i, t_hi - 1)
-            u = tl.load(u_row + t * s_ul).to(tl.float32)
-            dt = tl.load(dt_row + t * s_tl).to(tl.float32)
-            Bv = _load_vec(B_row + t * s_bl, mask_n, EVEN_N)
-            if QUANT:
-                u = u * su
-                dt = dt * st
-            dt = _dt_value(dt, bias, ok, HAS_BIAS, SOFTPLUS, FAST)
-            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bv[:, None]
-            dsum += dt
+    tr = (t_lo + rows).to(tl.int64)[:, None]
+    u_p = u_ptr + b * s_ub + tr * s_ul + offs_d[None, :] * s_ud
+    dt_p = dt_ptr + b * s_tb + tr * s_tl + offs_d[None, :] * s_td
+    B_p = B_ptr + b * s_bb + tr * s_bl + offs_n[None, :] * s_bn
+    md = mask_d[None, :]
+    mn = mask_n[None, :]
+    mt = tr < t_hi
+    uq = tl.load(u_p, mask=mt & md, other=0.0)
+    dq = tl.load(dt_p, mask=mt & md, other=0.0)
+    Bq = tl.load(B_p, mask=mt & mn, other=0.0)
+    for t0 in range(t_lo, t_hi, T):
+        u, dt = _prep(uq, dq, mt & md, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT, FAST)
+        Bt = _fp32(Bq, sb, QUANT)
+        u_p += T * s_ul
+        dt_p += T * s_tl
+        B_p += T * s_bl
+        mt = (t0 + T + rows)[:, None] < t_hi
+        uq = tl.load(u_p, mask=mt & md, other=0.0)
+        dq = tl.load(dt_p, mask=mt & md, other=0.0)
+        Bq = tl.load(B_p, mask=mt & mn, other=0.0)
+        h = _last_row(_scan_block(h, dt, u, Bt, A2, rows3), rows3, T)
+        dsum += tl.sum(dt, 0)
+    row = b * n_chunks + c
+    tl.store(st_ptr + (row * D + d3) * N + n3, h, mask=m3)
+    tl.store(ds_ptr + row * D + offs_d, dsum, mask=mask_d)
 
-    base = (b * n_chunks + c) * N * D
-    tl.store(st_ptr + base + offs_n[:, None] * s_sn + offs_d[None, :] * s_sd, h, mask=mask_nd)
-    tl.store(ds_ptr + (b * n_chunks + c) * D + offs_d, dsum, mask=mask_d)
+
+@triton.jit
+def _chunk_combine_kernel(
+        A_ptr, init_ptr, st_ptr, ds_ptr, D, N, n_chunks, s_ib, s_id, s_in, s_ad, s_an, state_scale,
+        HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
+        BD: tl.constexpr, NP: tl.constexpr, U: tl.constexpr):
+    """Incoming state of every chunk, in chunk order: ``H_{c+1} = exp2(A2 dsum_c) H_c + end_c``.
+
+    ``H_{c+1}`` overwrites ``end_c`` in place; ``U`` chunks are loaded and combined at a time.
+    """
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    rows = tl.arange(0, U)
+    d3 = offs_d[None, None, :]
+    n3 = offs_n[None, :, None]
+    rows3 = rows[:, None, None]
+    m3 = (d3 < D) & (n3 < N)
+    A2 = _load_a2(A_ptr, d3, n3, m3, s_ad, s_an)
+    h = tl.zeros([1, NP, BD], tl.float32)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b * s_ib + d3 * s_id + n3 * s_in, mask=m3, other=0.0).to(tl.float32)
+        if QUANT:
+            h = h * scalar_arg(state_scale, PTRS & 8)
+    for c0 in range(0, n_chunks - 1, U):
+        cc = c0 + rows3
+        mc = cc < n_chunks - 1
+        row = b * n_chunks + cc
+        ds = tl.load(ds_ptr + row * D + d3, mask=mc & (d3 < D), other=0.0)
+        s = tl.load(st_ptr + (row * D + d3) * N + n3, mask=mc & m3, other=0.0)
+        dA = tl.exp2(A2 * ds)
+        s = tl.where(rows3 == 0, s + dA * h, s)
+        _, hs = tl.associative_scan((dA, s), 0, _compose)
+        tl.store(st_ptr + (row * D + d3) * N + n3, hs, mask=mc & m3)
+        h = _last_row(hs, rows3, U)
 
 
-@triton.jit(do_not_specialize=["s_ud", "s_td", "s_zd", "s_ad", "s_an", "s_sd", "s_sn", "s_yd", "s_id", "s_in",
-                              "s_ld", "s_ln"])
+@triton.jit
 def _chunk_scan_kernel(
-        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, st_ptr, ds_ptr, y_ptr, last_ptr,
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, st_ptr, y_ptr, last_ptr,
         L, D, N, T_CHUNK, n_chunks,
         s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn,
-        s_zb, s_zl, s_zd, s_yb, s_yl, s_yd, s_ib, s_id, s_in, s_sd, s_sn, s_ld, s_ln,
-        u_scale, dt_scale, z_scale, state_scale,
+        s_zb, s_zl, s_zd, s_ib, s_id, s_in,
+        u_scale, dt_scale, z_scale, state_scale, B_scale, C_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-        HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        EVEN_N: tl.constexpr, FAST: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T_SUB: tl.constexpr):
+        HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr, FAST: tl.constexpr,
+        BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """Rescan of chunk ``c`` from its incoming state: ``y`` with the ``D`` skip and ``silu(z)`` gate;
+    the last chunk also writes the final state."""
     pid_d = tl.program_id(0)
-    c = n_chunks - 1 - tl.program_id(1)  # the chunks with the longest prefix to combine start first
+    c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, NP)
+    rows = tl.arange(0, T)
     mask_d = offs_d < D
     mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * 1.4426950408889634
-    bias = 0.0
+    d3 = offs_d[None, None, :]
+    n3 = offs_n[None, :, None]
+    m3 = (d3 < D) & (n3 < N)
+    rows3 = rows[:, None, None]
+    A2 = _load_a2(A_ptr, d3, n3, m3, s_ad, s_an)
+    bias = tl.zeros([BD], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = 0.0
+    Dv = tl.zeros([BD], tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     su = 1.0
-    st = 1.0
+    sdt = 1.0
     sz = 1.0
     ss = 1.0
+    sb = 1.0
+    sc = 1.0
     if QUANT:
         su = scalar_arg(u_scale, PTRS & 1)
-        st = scalar_arg(dt_scale, PTRS & 2)
+        sdt = scalar_arg(dt_scale, PTRS & 2)
         sz = scalar_arg(z_scale, PTRS & 4)
         ss = scalar_arg(state_scale, PTRS & 8)
+        sb = scalar_arg(B_scale, PTRS & 16)
+        sc = scalar_arg(C_scale, PTRS & 32)
 
-    # incoming state: sum over earlier chunks c' of exp(A * dt-sum of chunks c'+1..c-1) * end_state(c')
-    h = tl.zeros([NP, BD], tl.float32)
-    w = tl.zeros([BD], tl.float32)
-    for j0 in range(0, c, 4):
-        for i in tl.static_range(4):
-            cc = c - 1 - j0 - i
-            m_d = offs_d < tl.where(cc >= 0, D, 0)
-            row = b * n_chunks + cc
-            s = tl.load(st_ptr + row * N * D + offs_n[:, None] * s_sn + offs_d[None, :] * s_sd,
-                        mask=mask_n[:, None] & m_d[None, :], other=0.0)
-            ds = tl.load(ds_ptr + row * D + offs_d, mask=m_d, other=0.0)
-            h += tl.exp2(A2 * w[None, :]) * s
-            w += ds
-    if HAS_INIT:
-        h0 = tl.load(init_ptr + b * s_ib + offs_d[None, :] * s_id + offs_n[:, None] * s_in,
-                     mask=mask_nd, other=0.0).to(tl.float32)
-        if QUANT:
-            h0 = h0 * ss
-        h += tl.exp2(A2 * w[None, :]) * h0
+    if c == 0:
+        h = tl.zeros([1, NP, BD], tl.float32)
+        if HAS_INIT:
+            h = tl.load(init_ptr + b * s_ib + d3 * s_id + n3 * s_in, mask=m3, other=0.0).to(tl.float32)
+            if QUANT:
+                h = h * ss
+    else:
+        h = tl.load(st_ptr + ((b * n_chunks + c - 1) * D + d3) * N + n3, mask=m3, other=0.0)
 
-    offs_dl = tl.minimum(offs_d, D - 1)
-    u_row = u_ptr + b * s_ub + offs_dl * s_ud
-    dt_row = dt_ptr + b * s_tb + offs_dl * s_td
-    z_row = z_ptr + b * s_zb + offs_dl * s_zd
-    B_row = B_ptr + b * s_bb + offs_n * s_bn
-    C_row = C_ptr + b * s_cb + offs_n * s_cn
-    rows = tl.arange(0, T_SUB)
-    y_tile_ptr = y_ptr + b * s_yb + rows[:, None] * s_yl + offs_d[None, :] * s_yd
     t_lo = c * T_CHUNK
     t_hi = tl.minimum(t_lo + T_CHUNK, L)
-    for t0 in range(t_lo, t_hi, T_SUB):
-        y_tile = tl.zeros([T_SUB, BD], tl.float32)
-        for i in tl.static_range(T_SUB):
-            ok = t0 + i < t_hi
-            t = tl.minimum(t0 + i, t_hi - 1)
-            u = tl.load(u_row + t * s_ul).to(tl.float32)
-            dt = tl.load(dt_row + t * s_tl).to(tl.float32)
-            Bv = _load_vec(B_row + t * s_bl, mask_n, EVEN_N)
-            Cv = _load_vec(C_row + t * s_cl, mask_n, EVEN_N)
-            if QUANT:
-                u = u * su
-                dt = dt * st
-            dt = _dt_value(dt, bias, ok, HAS_BIAS, SOFTPLUS, FAST)
-            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bv[:, None]
-            y = tl.sum(h * Cv[:, None], axis=0)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                z = tl.load(z_row + t * s_zl).to(tl.float32)
-                if QUANT:
-                    z = z * sz
-                y = y * silu(z, FAST)
-            y_tile = tl.where(rows[:, None] == i, y[None, :], y_tile)
-        t_mask = (t0 + rows) < t_hi
-        tl.store(y_tile_ptr + t0 * s_yl, y_tile.to(y_ptr.dtype.element_ty), mask=t_mask[:, None] & mask_d[None, :])
+    tr = (t_lo + rows).to(tl.int64)[:, None]
+    u_p = u_ptr + b * s_ub + tr * s_ul + offs_d[None, :] * s_ud
+    dt_p = dt_ptr + b * s_tb + tr * s_tl + offs_d[None, :] * s_td
+    z_p = z_ptr + b * s_zb + tr * s_zl + offs_d[None, :] * s_zd
+    y_p = y_ptr + b * L * D + tr * D + offs_d[None, :]
+    B_p = B_ptr + b * s_bb + tr * s_bl + offs_n[None, :] * s_bn
+    C_p = C_ptr + b * s_cb + tr * s_cl + offs_n[None, :] * s_cn
+    md = mask_d[None, :]
+    mn = mask_n[None, :]
+    mt = tr < t_hi
+    uq = tl.load(u_p, mask=mt & md, other=0.0)
+    dq = tl.load(dt_p, mask=mt & md, other=0.0)
+    zq = tl.load(z_p, mask=mt & md, other=0.0)
+    Bq = tl.load(B_p, mask=mt & mn, other=0.0)
+    Cq = tl.load(C_p, mask=mt & mn, other=0.0)
+    for t0 in range(t_lo, t_hi, T):
+        m2 = mt & md
+        u, dt = _prep(uq, dq, m2, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT, FAST)
+        Bt = _fp32(Bq, sb, QUANT)
+        Ct = _fp32(Cq, sc, QUANT)
+        z = _fp32(zq, sz, QUANT)
+        u_p += T * s_ul
+        dt_p += T * s_tl
+        z_p += T * s_zl
+        B_p += T * s_bl
+        C_p += T * s_cl
+        mt = (t0 + T + rows)[:, None] < t_hi
+        uq = tl.load(u_p, mask=mt & md, other=0.0)
+        dq = tl.load(dt_p, mask=mt & md, other=0.0)
+        if HAS_Z:
+            zq = tl.load(z_p, mask=mt & md, other=0.0)
+        Bq = tl.load(B_p, mask=mt & mn, other=0.0)
+        Cq = tl.load(C_p, mask=mt & mn, other=0.0)
+
+        hs = _scan_block(h, dt, u, Bt, A2, rows3)
+        y = tl.sum(hs * Ct[:, :, None], 1)
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            y = y * silu(z, FAST)
+        tl.store(y_p, y.to(y_ptr.dtype.element_ty), mask=m2)
+        y_p += T * D
+        h = _last_row(hs, rows3, T)
 
     if c == n_chunks - 1:
-        out = last_ptr + b * D * N + offs_d[None, :] * s_ld + offs_n[:, None] * s_ln
+        out = last_ptr + b * D * N + d3 * N + n3
         if QUANT:
-            tl.store(out, quantize_int8(h, ss), mask=mask_nd)
+            tl.store(out, quantize_int8(h, ss), mask=m3)
         else:
-            tl.store(out, h, mask=mask_nd)
+            tl.store(out, h, mask=m3)
 
 
-def _plan(bt: int, L: int, d: int, t_chunk: int | None) -> tuple[int, int, int]:
-    """``(num_warps, T_CHUNK, n_chunks)``: enough programs to fill the GPU, few chunks to combine."""
-    nw = 2 if d >= 2048 else 1
-    blocks = bt * triton.cdiv(d, 32 * nw)
-    if t_chunk is None:
-        want = max(1, min(64, _TARGET_WARPS // (blocks * nw)))
-        t_chunk = max(4 * T_SUB, triton.cdiv(triton.cdiv(L, want), T_SUB) * T_SUB)
-    else:
-        t_chunk = max(T_SUB, triton.cdiv(t_chunk, T_SUB) * T_SUB)
-    return nw, t_chunk, max(1, triton.cdiv(L, t_chunk))
+WARPS_PER_SM = 16
+MIN_CHUNK = 64
+COMBINE_BD = 32
+COMBINE_ROWS = 4
+
+
+class ScanPlan(NamedTuple):
+    """``bd`` channels per program (one warp), ``t_block`` tokens per register block, chunks of
+    ``t_chunk`` tokens, ``n_chunks`` of them."""
+    bd: int
+    t_block: int
+    t_chunk: int
+    n_chunks: int
+
+
+def scan_plan(bt: int, L: int, d: int, n: int, sms: int, chunk: int | None = None, bd: int | None = None,
+              t_block: int | None = None) -> ScanPlan:
+    """Chunking for ``[bt, L, d]`` inputs with ``n`` states on a GPU with ``sms`` SMs.
+
+    Defaults: 8 channels per warp (4 lanes per channel at ``N = 16``), blocks of 8 tokens, and as
+    many chunks (of at least ``MIN_CHUNK`` tokens) as keep the one-warp programs of the scan within
+    one wave of ``WARPS_PER_SM`` resident warps per SM: more chunks add pass-1 work, a second partial
+    wave doubles the time of the scan.
+    """
+    np2 = triton.next_power_of_2(max(n, 1))
+    bd = bd or 32 // min(4, np2)
+    t_block = t_block or 8
+    if chunk is None:
+        want = max(1, sms * WARPS_PER_SM // (bt * triton.cdiv(d, bd)))
+        chunk = max(MIN_CHUNK, triton.cdiv(L, want))
+    chunk = max(t_block, triton.cdiv(chunk, t_block) * t_block)
+    return ScanPlan(bd, t_block, chunk, max(1, triton.cdiv(L, chunk)))
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -287,11 +415,13 @@ def _scale(s, name: str):
     return float(s)
 
 
-def _scan(u, dt, A, B, C, D, z, bias, softplus_dt, init, out_dtype, scales, t_chunk):
-    """Shared wrapper; ``scales`` = (u, dt, z, state) scales for int8 inputs, None for fp inputs.
+def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+          bias: Tensor | None, softplus_dt: bool, init: Tensor | None, out_dtype: torch.dtype,
+          scales: tuple | None = None, chunk: int | None = None, bd: int | None = None,
+          t_block: int | None = None) -> tuple[Tensor, Tensor]:
+    """Shared wrapper; ``scales`` = (u, dt, z, state, B, C) scales for int8 inputs, None for fp inputs.
 
-    ``B`` and ``C`` arrive in fp32 (every thread reads all N of them each step: fp32 saves the
-    per-thread conversions).
+    ``chunk``, ``bd``, ``t_block`` override the plan (see ``scan_plan``).
     """
     _check(u.dim() == 3 and dt.shape == u.shape, f"u and delta must be [B, L, D] alike, got "
            f"{tuple(u.shape)} and {tuple(dt.shape)}")
@@ -316,29 +446,34 @@ def _scan(u, dt, A, B, C, D, z, bias, softplus_dt, init, out_dtype, scales, t_ch
         else:
             last.copy_(init)
         return y, last
-    nw, t_chunk, n_chunks = _plan(bt, L, d, t_chunk)
-    bd, np2 = 32 * nw, triton.next_power_of_2(n)
-    st = torch.empty(bt, n_chunks, n, d, device=u.device, dtype=torch.float32)
-    ds = torch.empty(bt, n_chunks, d, device=u.device, dtype=torch.float32)
+    p = scan_plan(bt, L, d, n, num_sms(u.device), chunk, bd, t_block)
+    np2 = triton.next_power_of_2(n)
+    st = torch.empty(bt, p.n_chunks, d, n, device=u.device, dtype=torch.float32)
+    ds = torch.empty(bt, p.n_chunks, d, device=u.device, dtype=torch.float32)
     D_ = D.reshape(-1) if D is not None else u
     bias_ = bias.reshape(-1) if bias is not None else u
     z_ = z if z is not None else u
     init_ = init if init is not None else last
-    su, sdt, sz, ss = scales if quant else (1.0,) * 4
-    ptrs = sum(1 << i for i, sc in enumerate((su, sdt, sz, ss)) if isinstance(sc, Tensor))
-    flags = dict(HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), QUANT=quant, PTRS=ptrs, EVEN_N=n == np2,
-                 FAST=u.is_cuda, BD=bd, NP=np2, T_SUB=T_SUB)
-    nblk = triton.cdiv(d, bd)
-    if n_chunks > 1:
-        _chunk_end_kernel[(nblk, n_chunks - 1, bt)](
-            u, dt, A, B, bias_, st, ds, L, d, n, t_chunk, n_chunks,
-            *u.stride(), *dt.stride(), *A.stride(), *B.stride(), 1, d,
-            su, sdt, num_warps=nw, **flags)
-    _chunk_scan_kernel[(nblk, n_chunks, bt)](
-        u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, t_chunk, n_chunks,
-        *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *y.stride(),
-        *init_.stride(), 1, d, n, 1, su, sdt, sz, ss,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=init is not None, num_warps=nw, **flags)
+    sc = scales if quant else (1.0,) * 6
+    ptrs = sum(1 << i for i, s in enumerate(sc) if isinstance(s, Tensor))
+    su, sdt, sz, ss, sb, scc = sc
+    flags = dict(QUANT=quant, PTRS=ptrs, NP=np2)
+    nblk = triton.cdiv(d, p.bd)
+    if p.n_chunks > 1:
+        _chunk_state_kernel[(nblk, p.n_chunks - 1, bt)](
+            u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
+            *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
+            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=p.t_block,
+            num_warps=1, **flags)
+        _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
+            A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
+            HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
+    _chunk_scan_kernel[(nblk, p.n_chunks, bt)](
+        u, dt, A, B, C, D_, z_, bias_, init_, st, y, last, L, d, n, p.t_chunk, p.n_chunks,
+        *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
+        su, sdt, sz, ss, sb, scc,
+        HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_INIT=init is not None, FAST=u.is_cuda, BD=p.bd, T=p.t_block, num_warps=1, **flags)
     return y, last
 
 
@@ -349,8 +484,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
     ``chunk_size`` (the reference's internal block) is ignored: the kernel picks its own chunking.
     """
-    return _scan(u, delta, A, B.float(), C.float(), D, z, delta_bias, delta_softplus, initial_state,
-                 u.dtype, None, None)
+    return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, u.dtype)
 
 
 def qselective_scan(u_q: Tensor, u_scale: float, dt_q: Tensor, dt_scale: float, A: Tensor, B_q: Tensor,
@@ -365,7 +499,6 @@ def qselective_scan(u_q: Tensor, u_scale: float, dt_q: Tensor, dt_scale: float, 
         if t is not None:
             _check(t.dtype == torch.int8, f"{name} must be int8, got {t.dtype}")
     scales = (_scale(u_scale, "u_scale"), _scale(dt_scale, "dt_scale"),
-              _scale(z_scale, "z_scale") if z_q is not None else 1.0, _scale(state_scale, "state_scale"))
-    Bf = B_q * _scale(B_scale, "B_scale")
-    Cf = C_q * _scale(C_scale, "C_scale")
-    return _scan(u_q, dt_q, A, Bf, Cf, D, z_q, dt_bias, True, initial_state, out_dtype, scales, None)
+              _scale(z_scale, "z_scale") if z_q is not None else 1.0, _scale(state_scale, "state_scale"),
+              _scale(B_scale, "B_scale"), _scale(C_scale, "C_scale"))
+    return _scan(u_q, dt_q, A, B_q, C_q, D, z_q, dt_bias, True, initial_state, out_dtype, scales)
