@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration window offsets (default 0)")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for the recipes' percentile observers (default: the recipe default)")
+    p.add_argument("--h2t", action="store_true",
+                   help="also quantize the embedding and the LM head (as the authors' eval.sh does)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default 2048)")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens (default: all)")
     p.add_argument("--batch-size", type=int, default=1, help="perplexity windows per forward (default 1)")
@@ -100,10 +102,21 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return methods
 
 
-def recipe_config(name: str, percentile: float | None):
+def recipe_config(name: str, args: argparse.Namespace):
     from quamba.quantization import RECIPES
 
-    return RECIPES[name](**({} if percentile is None else {"percentile": percentile}))
+    settings: dict[str, Any] = {}
+    if args.percentile is not None:
+        settings["percentile"] = args.percentile
+    if args.h2t:
+        settings.update(quantize_embedding=True, quantize_lm_head=True)
+    return RECIPES[name](**settings)
+
+
+def recipe_line(config: Any) -> str:
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    name = d.pop("name", type(config).__name__)
+    return f"  - {name}: " + ", ".join(f"{k}={v}" for k, v in d.items())
 
 
 def evaluate_model(path: str, methods: list[str], args: argparse.Namespace, text: str,
@@ -137,7 +150,7 @@ def evaluate_model(path: str, methods: list[str], args: argparse.Namespace, text
             if method != args.dtype:
                 from quamba.quantization import quantize_
 
-                config = recipe_config(method, args.percentile)
+                config = recipe_config(method, args)
                 row["recipe"] = config.to_dict() if hasattr(config, "to_dict") else vars(config)
                 torch.manual_seed(args.seed)
                 t0 = time.perf_counter()
@@ -236,6 +249,7 @@ def render_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str
         + ("" if quantized else " (not used: no recipe selected)"),
         f"- percentile: {pct['value']} ({'set with --percentile' if pct['explicit'] else 'recipe default'}; used by "
         f"{', '.join(pct['used_by']) or 'no selected recipe'})" if quantized else "- percentile: not used",
+        *(["- recipe settings:"] + s["recipe_lines"] if quantized else []),
         f"- float dtype {s['dtype']}, device {s['device']}" + (f", {s['threads']} CPU thread(s)" if s.get("threads") else ""),
         f"- quamba {s['revision']}, torch {s['torch']}, python {s['python']}, {s['date']}",
         f"- wall time {s['wall_s'] / 60:.1f} min",
@@ -249,7 +263,7 @@ def percentile_facts(methods: list[str], args: argparse.Namespace, dtype: str) -
     for m in methods:
         if m == dtype:
             continue
-        cfg = recipe_config(m, args.percentile)
+        cfg = recipe_config(m, args)
         value = getattr(cfg, "percentile", value) if value is None else value
         if "percentile" in (getattr(cfg, "ssm_input_observer", None), getattr(cfg, "state_observer", None)):
             used.append(m)
@@ -296,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         "ppl_file": shown_path(args.ppl), "calib_file": shown_path(args.calib),
         "num_samples": args.num_samples, "calib_seqlen": args.calib_seqlen, "seed": args.seed,
         "seqlen": args.seqlen, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
-        "percentile": pct, "dtype": args.dtype, "device": str(device), "threads": args.threads,
+        "percentile": pct, "h2t": args.h2t,
+        "recipe_lines": [recipe_line(recipe_config(m, args)) for m in methods if m != args.dtype],
+        "dtype": args.dtype, "device": str(device), "threads": args.threads,
         "methods": methods, "models": facts, "revision": git_revision(), "torch": torch.__version__,
         "python": platform.python_version(), "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "wall_s": time.perf_counter() - start,
