@@ -146,7 +146,16 @@ def test_bad_arguments():
         perplexity(model, CharTokenizer(vocab), "  \n ", seqlen=4, show_progress=False)
 
 
-def test_mamba1_small_on_wikitext(mamba1_small_dir):
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core runner, two spinning OpenMP threads made this test 5x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_mamba1_small_on_wikitext(mamba1_small_dir, one_thread):
     from quamba import api
 
     model, tok = api.load(mamba1_small_dir, "cpu", "fp32")
