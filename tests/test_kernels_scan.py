@@ -53,8 +53,8 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("bt,L,d,n,dtype,plan,full", [
-    (1, 37, 24, 16, torch.float32, dict(chunk=16), True),                    # 3 chunks, ragged last block
-    (3, 21, 40, 5, torch.float16, dict(chunk=8, t_block=4), False),          # ragged N (padded states)
+    (1, 37, 24, 16, torch.float32, dict(chunk=16), True),                    # 3 chunks (combined in the scan)
+    (3, 19, 40, 5, torch.float16, dict(chunk=2, t_block=2), False),          # ragged N; 10 chunks: combine pass
     (2, 29, 48, 16, torch.bfloat16, dict(chunk=16, bd=16, t_block=4), True),  # another program shape
 ])
 def test_selective_scan_matches_reference(poisoned, bt, L, d, n, dtype, plan, full):
@@ -89,7 +89,7 @@ def test_scan_plan_fills_the_gpu_with_few_chunks():
 
 
 @pytest.mark.parametrize("bt,L,d,n,plan,tensor_scales", [
-    (2, 26, 40, 16, dict(chunk=8), True),
+    (2, 21, 40, 16, dict(chunk=8), True),
     (1, 23, 24, 5, None, False),
 ])
 def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, plan, tensor_scales):

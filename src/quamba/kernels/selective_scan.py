@@ -7,7 +7,9 @@ independent programs to fill the GPU (few chunks: the work of pass 1 is repeated
 1. ``_chunk_state_kernel`` per (channel block, chunk, batch), not for the last chunk: the chunk's end
    state from a zero start and the sum of its ``dt`` (its total decay is ``exp(A * sum dt)``);
 2. ``_chunk_combine_kernel`` per (channel block, batch): the incoming state of each chunk, combined in
-   chunk order from the initial state (``n_chunks x N`` values per channel, read once);
+   chunk order from the initial state (``n_chunks x N`` values per channel, read once). With at most
+   ``FOLD_CHUNKS + 1`` chunks (the default plans) this launch is skipped: each scan program combines
+   its few predecessors' end states itself (one tile load, a short in-register scan);
 3. ``_chunk_scan_kernel`` per (channel block, chunk, batch): the chunk rescanned from its incoming
    state, writing ``y`` with the ``D`` skip and the ``silu(z)`` gate; the last chunk writes the final
    state (quantized, round half to even and saturated, on the int8 path).
@@ -137,6 +139,33 @@ def _load_a2(A_ptr, d3, n3, m3, s_ad, s_an):
 
 
 @triton.jit
+def _init_state(init_ptr, b, d3, n3, m3, s_ib, s_id, s_in, ss, HAS_INIT: tl.constexpr, QUANT: tl.constexpr,
+                NP: tl.constexpr, BD: tl.constexpr):
+    """The (dequantized) initial state as a ``[1, NP, BD]`` tile; zeros without one."""
+    h = tl.zeros([1, NP, BD], tl.float32)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b * s_ib + d3 * s_id + n3 * s_in, mask=m3, other=0.0).to(tl.float32)
+        if QUANT:
+            h = h * ss
+    return h
+
+
+@triton.jit
+def _combine_chunks(h, A2, ds_ptr, st_ptr, b, c0, c_end, n_chunks, D, N, d3, n3, m3, rows3):
+    """States after chunks ``c0 .. c0+U-1`` (those ``< c_end``) from the state ``h`` before ``c0``:
+    ``[U, NP, BD]``, the rows past ``c_end`` repeat the last (their chunks act as the identity)."""
+    cc = c0 + rows3
+    mc = cc < c_end
+    row = b * n_chunks + cc
+    ds = tl.load(ds_ptr + row * D + d3, mask=mc & (d3 < D), other=0.0)
+    s = tl.load(st_ptr + (row * D + d3) * N + n3, mask=mc & m3, other=0.0)
+    dA = tl.exp2(A2 * ds)
+    s = tl.where(rows3 == 0, s + dA * h, s)
+    _, hs = tl.associative_scan((dA, s), 0, _compose)
+    return hs
+
+
+@triton.jit
 def _prep(u, dt, m2, bias, su, sdt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr,
           FAST: tl.constexpr):
     """fp32 ``u`` and processed ``dt`` (scale, bias, softplus) of a loaded ``[T, BD]`` block; ``dt = 0``
@@ -243,36 +272,31 @@ def _chunk_combine_kernel(
     rows3 = rows[:, None, None]
     m3 = (d3 < D) & (n3 < N)
     A2 = _load_a2(A_ptr, d3, n3, m3, s_ad, s_an)
-    h = tl.zeros([1, NP, BD], tl.float32)
-    if HAS_INIT:
-        h = tl.load(init_ptr + b * s_ib + d3 * s_id + n3 * s_in, mask=m3, other=0.0).to(tl.float32)
-        if QUANT:
-            h = h * scalar_arg(state_scale, PTRS & 8)
+    h = _init_state(init_ptr, b, d3, n3, m3, s_ib, s_id, s_in, scalar_arg(state_scale, PTRS & 8), HAS_INIT, QUANT,
+                    NP, BD)
     for c0 in range(0, n_chunks - 1, U):
-        cc = c0 + rows3
-        mc = cc < n_chunks - 1
-        row = b * n_chunks + cc
-        ds = tl.load(ds_ptr + row * D + d3, mask=mc & (d3 < D), other=0.0)
-        s = tl.load(st_ptr + (row * D + d3) * N + n3, mask=mc & m3, other=0.0)
-        dA = tl.exp2(A2 * ds)
-        s = tl.where(rows3 == 0, s + dA * h, s)
-        _, hs = tl.associative_scan((dA, s), 0, _compose)
-        tl.store(st_ptr + (row * D + d3) * N + n3, hs, mask=mc & m3)
+        hs = _combine_chunks(h, A2, ds_ptr, st_ptr, b, c0, n_chunks - 1, n_chunks, D, N, d3, n3, m3, rows3)
+        row = b * n_chunks + c0 + rows3
+        tl.store(st_ptr + (row * D + d3) * N + n3, hs, mask=(c0 + rows3 < n_chunks - 1) & m3)
         h = _last_row(hs, rows3, U)
 
 
 @triton.jit
 def _chunk_scan_kernel(
-        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, st_ptr, y_ptr, last_ptr,
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, st_ptr, ds_ptr, y_ptr, last_ptr,
         L, D, N, T_CHUNK, n_chunks,
         s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn,
         s_zb, s_zl, s_zd, s_ib, s_id, s_in,
         u_scale, dt_scale, z_scale, state_scale, B_scale, C_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr, FAST: tl.constexpr,
-        BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+        COMBINE: tl.constexpr, CMAX: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
     """Rescan of chunk ``c`` from its incoming state: ``y`` with the ``D`` skip and ``silu(z)`` gate;
-    the last chunk also writes the final state."""
+    the last chunk also writes the final state.
+
+    The incoming state is read from ``st`` (written by the combine kernel) or, with ``COMBINE`` (at
+    most ``CMAX`` earlier chunks), combined here from the earlier chunks' end states.
+    """
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -306,14 +330,14 @@ def _chunk_scan_kernel(
         sb = scalar_arg(B_scale, PTRS & 16)
         sc = scalar_arg(C_scale, PTRS & 32)
 
-    if c == 0:
-        h = tl.zeros([1, NP, BD], tl.float32)
-        if HAS_INIT:
-            h = tl.load(init_ptr + b * s_ib + d3 * s_id + n3 * s_in, mask=m3, other=0.0).to(tl.float32)
-            if QUANT:
-                h = h * ss
-    else:
-        h = tl.load(st_ptr + ((b * n_chunks + c - 1) * D + d3) * N + n3, mask=m3, other=0.0)
+    h = _init_state(init_ptr, b, d3, n3, m3, s_ib, s_id, s_in, ss, HAS_INIT, QUANT, NP, BD)
+    if c > 0:
+        if COMBINE:
+            cr3 = tl.arange(0, CMAX)[:, None, None]
+            hs = _combine_chunks(h, A2, ds_ptr, st_ptr, b, 0, c, n_chunks, D, N, d3, n3, m3, cr3)
+            h = _last_row(hs, cr3, CMAX)
+        else:
+            h = tl.load(st_ptr + ((b * n_chunks + c - 1) * D + d3) * N + n3, mask=m3, other=0.0)
 
     t_lo = c * T_CHUNK
     t_hi = tl.minimum(t_lo + T_CHUNK, L)
@@ -373,6 +397,7 @@ WARPS_PER_SM = 16
 MIN_CHUNK = 64
 COMBINE_BD = 32
 COMBINE_ROWS = 4
+FOLD_CHUNKS = 4  # up to this many earlier chunks, each scan program combines its incoming state itself
 
 
 class ScanPlan(NamedTuple):
@@ -459,21 +484,24 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     su, sdt, sz, ss, sb, scc = sc
     flags = dict(QUANT=quant, PTRS=ptrs, NP=np2)
     nblk = triton.cdiv(d, p.bd)
+    fold = 1 < p.n_chunks <= FOLD_CHUNKS + 1
     if p.n_chunks > 1:
         _chunk_state_kernel[(nblk, p.n_chunks - 1, bt)](
             u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
             *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=p.t_block,
             num_warps=1, **flags)
-        _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
-            A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
-            HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
+        if not fold:
+            _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
+                A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
+                HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
     _chunk_scan_kernel[(nblk, p.n_chunks, bt)](
-        u, dt, A, B, C, D_, z_, bias_, init_, st, y, last, L, d, n, p.t_chunk, p.n_chunks,
+        u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
         *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
         su, sdt, sz, ss, sb, scc,
         HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_INIT=init is not None, FAST=u.is_cuda, BD=p.bd, T=p.t_block, num_warps=1, **flags)
+        HAS_INIT=init is not None, FAST=u.is_cuda, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
+        num_warps=1, **flags)
     return y, last
 
 
