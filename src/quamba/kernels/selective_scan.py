@@ -413,14 +413,15 @@ def scan_plan(bt: int, L: int, d: int, n: int, sms: int, chunk: int | None = Non
               t_block: int | None = None) -> ScanPlan:
     """Chunking for ``[bt, L, d]`` inputs with ``n`` states on a GPU with ``sms`` SMs.
 
-    Defaults: 8 channels per warp (4 lanes per channel at ``N = 16``), blocks of 8 tokens, and as
+    Defaults: 8 channels per warp (4 lanes per channel at ``N = 16``), blocks of 8 tokens (fewer for
+    ``N > 16``: a thread holds ``t_block * N / 4`` values of each block tile), and as
     many chunks (of at least ``MIN_CHUNK`` tokens) as keep the one-warp programs of the scan within
     one wave of ``WARPS_PER_SM`` resident warps per SM: more chunks add pass-1 work, a second partial
     wave doubles the time of the scan.
     """
     np2 = triton.next_power_of_2(max(n, 1))
     bd = bd or 32 // min(4, np2)
-    t_block = t_block or 8
+    t_block = t_block or max(2, min(8, 128 // np2))
     if chunk is None:
         want = max(1, sms * WARPS_PER_SM // (bt * triton.cdiv(d, bd)))
         chunk = max(MIN_CHUNK, triton.cdiv(L, want))
