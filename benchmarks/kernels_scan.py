@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+import triton
 import triton.testing
 
 from quamba.config import shape_config
@@ -212,6 +213,7 @@ def variant_rows(shape: str, L: int, specs: list[str], breakdown: bool) -> list[
                 else rel_err(last, last_ref)
             ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
             row = dict(shape=shape, tokens=L, op=op, variant=spec, bd=plan.bd, t_block=plan.t_block,
+                       t_state=SS.state_block(plan, triton.next_power_of_2(n)),
                        t_chunk=plan.t_chunk, n_chunks=plan.n_chunks, ms=ms, GBps=nb / (ms * 1e-3) / 1e9,
                        y_rel_err=rel_err(y, y_ref), state_err=err_state,
                        launches=launch_breakdown(fn) if breakdown else {})
@@ -223,12 +225,12 @@ def variant_rows(shape: str, L: int, specs: list[str], breakdown: bool) -> list[
 
 
 def format_variants(rows: list[dict]) -> str:
-    head = f"{'shape':<11} {'tokens':>6} {'op':<16} {'variant':<22} {'bd':>3} {'T':>3} {'chunk':>5} {'nch':>3} " \
+    head = f"{'shape':<11} {'tokens':>6} {'op':<16} {'variant':<22} {'bd':>3} {'T/Ts':>5} {'chunk':>5} {'nch':>3} " \
            f"{'ms':>8} {'GB/s':>6} {'y err':>8} {'state err':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['shape']:<11} {r['tokens']:6d} {r['op']:<16} {r['variant'][:22]:<22} {r['bd']:3d} "
-                     f"{r['t_block']:3d} {r['t_chunk']:5d} {r['n_chunks']:3d} {r['ms']:8.4f} {r['GBps']:6.0f} "
+                     f"{str(r['t_block']) + '/' + str(r['t_state']):>5} {r['t_chunk']:5d} {r['n_chunks']:3d} {r['ms']:8.4f} {r['GBps']:6.0f} "
                      f"{r['y_rel_err']:8.1e} {r['state_err']:9.2g}")
     return "\n".join(lines)
 

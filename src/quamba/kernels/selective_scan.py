@@ -429,6 +429,12 @@ def scan_plan(bt: int, L: int, d: int, n: int, sms: int, chunk: int | None = Non
     return ScanPlan(bd, t_block, chunk, max(1, triton.cdiv(L, chunk)))
 
 
+def state_block(p: ScanPlan, np2: int) -> int:
+    """Token block of the state pass: twice the scan's while its tile stays small (the state pass
+    keeps fewer values per token, so a longer block buys more independent work per warp)."""
+    return 2 * p.t_block if p.t_block * np2 <= 128 else p.t_block
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise InvalidArgumentError(msg)
@@ -490,7 +496,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
         _chunk_state_kernel[(nblk, p.n_chunks - 1, bt)](
             u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
             *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
-            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=p.t_block,
+            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=state_block(p, np2),
             num_warps=1, **flags)
         if not fold:
             _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
