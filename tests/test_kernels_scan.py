@@ -151,3 +151,13 @@ def test_qselective_scan_gpu_mamba_2_8b(bt, L):
     assert _rel(y, y_ref) < 2e-3
     diff = (last.int() - last_ref.int()).abs()
     assert diff.max().item() <= 1 and (diff > 0).float().mean().item() < 1e-3
+
+
+@pytest.mark.gpu
+def test_selective_scan_gpu_many_chunks_other_program_shape():
+    """The combine pass (16 chunks) and 16-channel programs at the real shape."""
+    u, delta, A, B, C, D, z, bias, h0 = _inputs(1, 1024, 5120, 16, torch.float16, device="cuda", strided_bc=True)
+    delta = (delta.float() - 2.0).half()
+    y, last = K._scan(u, delta, A, B, C, D, z, bias, True, h0, u.dtype, None, chunk=64, bd=16, t_block=4)
+    y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+    assert _rel(y, y_ref) < 2e-3 and _rel(last, last_ref) < 1e-5
