@@ -43,6 +43,8 @@ def _inputs(bt, L, d, n, dtype, device="cpu", strided_bc=False):
         C = torch.randn(bt, L, n, device=device).to(dtype)
     D = torch.randn(d, device=device)
     z = torch.randn(bt, L, d, device=device).to(dtype)
+    if strided_bc:  # z as the second half of in_proj's output
+        z = torch.cat([torch.randn_like(z), z], dim=-1)[..., d:]
     bias = torch.randn(d, device=device) * 0.5
     h0 = torch.randn(bt, d, n, device=device)
     return u, delta, A, B, C, D, z, bias, h0

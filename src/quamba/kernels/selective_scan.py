@@ -482,8 +482,8 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     np2 = triton.next_power_of_2(n)
     st = torch.empty(bt, p.n_chunks, d, n, device=u.device, dtype=torch.float32)
     ds = torch.empty(bt, p.n_chunks, d, device=u.device, dtype=torch.float32)
-    D_ = D.reshape(-1) if D is not None else u
-    bias_ = bias.reshape(-1) if bias is not None else u
+    D_ = D.reshape(-1).contiguous() if D is not None else u
+    bias_ = bias.reshape(-1).contiguous() if bias is not None else u
     z_ = z if z is not None else u
     init_ = init if init is not None else last
     sc = scales if quant else (1.0,) * 6
