@@ -43,6 +43,16 @@ class QModule(nn.Module):
             if buf.device.type != "meta":
                 self._floats[name] = float(buf)
 
+    def derived(self, key: str, compute, *deps: Tensor):
+        """``compute()`` cached until a tensor in ``deps`` or a scale changes (decode steps would
+        otherwise re-run the dequantize/exp launches of constant parameters every token)."""
+        stamp = tuple((t.data_ptr(), t._version, t.device) for t in deps) + tuple(sorted(self._floats.items()))
+        cache = self.__dict__.setdefault("_derived", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = cache[key] = (stamp, compute())
+        return hit[1]
+
     def scale(self, name: str) -> float | Tensor:
         """A per-tensor scale as a float, a per-channel one as its fp32 buffer."""
         if name in self._floats:

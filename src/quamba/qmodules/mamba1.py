@@ -84,9 +84,13 @@ class QMamba1Mixer(QModule):
                           ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.int8))
 
     def _params(self) -> tuple[Tensor, Tensor, Tensor]:
-        """fp32 ``A``, ``D`` and dt bias from their int8 storage."""
-        A = -torch.exp(ops.dequantize(self.A_log, self.scale("A_log_scale")))
-        return A, ops.dequantize(self.D, self.scale("D_scale")), ops.dequantize(self.dt_bias, self.scale("dt_bias_scale"))
+        """fp32 ``A``, ``D`` and dt bias from their int8 storage (computed once, then cached)."""
+        def compute():
+            A = -torch.exp(ops.dequantize(self.A_log, self.scale("A_log_scale")))
+            return (A, ops.dequantize(self.D, self.scale("D_scale")),
+                    ops.dequantize(self.dt_bias, self.scale("dt_bias_scale")))
+
+        return self.derived("params", compute, self.A_log, self.D, self.dt_bias)
 
     def _conv_params(self) -> tuple[Tensor, float, Tensor | None, float]:
         return self.conv_weight, self.scale("conv_weight_scale"), self.conv_bias, self.scale("conv_bias_scale")
@@ -109,10 +113,10 @@ class QMamba1Mixer(QModule):
         s_h = self.scale("ssm_state_scale")
         A, D, dt_bias = self._params()
         if state is not None and h.shape[1] == 1:
-            u = ops.qcausal_conv1d_update(x[:, 0], state.conv, s_xz, *self._conv_params(), s_u)
-            dt, B, C = self._dt_b_c(u)
-            y = ops.qselective_state_update(state.ssm, s_h, u, s_u, dt, s_dt, A, B, s_bc, C, s_bc, D, z[:, 0], s_xz,
-                                            dt_bias, out_dtype=self.out_dtype)
+            u, acc = ops.qconv_xproj_step(x[:, 0], state.conv, s_xz, *self._conv_params(), s_u, self.x_proj.weight)
+            y = ops.qdtproj_state_step(state.ssm, s_h, u, s_u, acc, self.x_proj.scale("weight_scale"), s_bc,
+                                       self.dt_proj.weight, self.dt_proj.scale("weight_scale"), s_dt, A, D, z[:, 0],
+                                       s_xz, dt_bias, out_dtype=self.out_dtype)
             return self.out_proj(y).unsqueeze(1)
         u = ops.qcausal_conv1d(x, s_xz, *self._conv_params(), s_u,
                                initial_state=state.conv if state is not None else None)

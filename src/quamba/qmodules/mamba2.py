@@ -123,7 +123,9 @@ class QMamba2Mixer(QModule):
         return self.in_proj.output_scale[c.d_inner:c.d_inner + c.conv_dim]
 
     def _A_D(self) -> tuple[Tensor, Tensor]:
-        return -torch.exp(ops.dequantize(self.A_log, self.scale("A_log_scale"))), ops.dequantize(self.D, self.scale("D_scale"))
+        """fp32 ``A`` and ``D`` from their int8 storage (computed once, then cached)."""
+        return self.derived("A_D", lambda: (-torch.exp(ops.dequantize(self.A_log, self.scale("A_log_scale"))),
+                                            ops.dequantize(self.D, self.scale("D_scale"))), self.A_log, self.D)
 
     def forward(self, h: Tensor, state: LayerState | None = None) -> Tensor:
         if self.fake:
