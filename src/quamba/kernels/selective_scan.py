@@ -398,6 +398,7 @@ MIN_CHUNK = 64
 COMBINE_BD = 32
 COMBINE_ROWS = 4
 FOLD_CHUNKS = 4  # up to this many earlier chunks, each scan program combines its incoming state itself
+SCAN_MAX_REGS = 128  # 16 one-warp scan programs per SM (the default plan's wave); small tiles only
 
 
 class ScanPlan(NamedTuple):
@@ -502,13 +503,14 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
             _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
                 A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
                 HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
+    regs = SCAN_MAX_REGS if p.t_block * np2 * max(1, p.bd // 8) <= 128 else None
     _chunk_scan_kernel[(nblk, p.n_chunks, bt)](
         u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
         *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
         su, sdt, sz, ss, sb, scc,
         HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_INIT=init is not None, FAST=u.is_cuda, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
-        num_warps=1, **flags)
+        num_warps=1, maxnreg=regs, **flags)
     return y, last
 
 
