@@ -72,18 +72,23 @@ def inputs(rows: int, n: int, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def configs(rows: int, n: int, sweep: bool) -> list[tuple[str, dict]]:
+    """The default launch, plus (``sweep``) column-block and row-tile alternatives."""
     out = [("default", {})]
     if not sweep:
         return out
     r, c, rp, cp = K.tile_plan(n)
-    for bc in (16, 32, 64, 128):
-        if bc <= cp:
-            for w in (2, 4, 8):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for bc in (16, 32, 64):
+        for w in (2, 4):
+            if bc <= cp:
                 out.append((f"cols bc={bc} w={w}", {"col_split": True, "bc": bc, "warps": w}))
-    for bk in (32, 64, 128):
-        if bk <= cp and cp // bk <= 4:
-            for w in (4, 8):
-                out.append((f"rows bk={bk} w={w}", {"col_split": False, "bk": bk, "warps": w}))
+    for tm, bk, w in ((32, 64, 4), (32, 128, 4), (32, 128, 8), (64, 64, 4), (64, 128, 8)):
+        if rows < 32 or tm < rp or bk > cp or cp // bk > 4:
+            continue
+        base = {"col_split": False, "tm": tm, "bk": bk, "warps": w}
+        out.append((f"rows tm={tm} bk={bk} w={w}", base))
+        for per_sm in (1, 2, 3):
+            out.append((f"  persist {per_sm}/SM s=2", {**base, "stages": 2, "programs": per_sm * sms}))
     return out
 
 
@@ -111,11 +116,11 @@ def bench(n: int, rows: int, dtype_name: str, ref: bool, sweep: bool) -> list[Re
 
 
 def format_rows(results: list[Result]) -> str:
-    head = f"{'n':>6} {'rows':>5} {'dtype':<5} {'config':<20} {'us':>9} {'GB/s':>8} {'ref us':>9}"
+    head = f"{'n':>6} {'rows':>5} {'dtype':<5} {'config':<26} {'us':>9} {'GB/s':>8} {'ref us':>9}"
     lines = [head, "-" * len(head)]
     for r in results:
         ref = f"{r.ref_us:9.1f}" if r.ref_us is not None else f"{'-':>9}"
-        lines.append(f"{r.n:6d} {r.rows:5d} {r.dtype:<5} {r.config:<20} {r.us:9.2f} {r.GBps:8.1f} {ref}")
+        lines.append(f"{r.n:6d} {r.rows:5d} {r.dtype:<5} {r.config:<26} {r.us:9.2f} {r.GBps:8.1f} {ref}")
     return "\n".join(lines)
 
 

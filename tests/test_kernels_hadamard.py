@@ -54,11 +54,15 @@ def test_factors_rebuild_the_hadamard_matrix(n):
     r, c, rp, cp = K.tile_plan(n)
     assert r * c == n and r <= rp and c <= cp and (r == 1 or rp >= 16) and cp >= 16
     assert c & (c - 1) == 0 and c <= 256
-    hc, hr = K._tables(n, torch.float32, torch.device("cpu"))
-    h_c = hc[:c, :c].t().contiguous().to(torch.int8)
-    h_r = hr[:r, :r].contiguous().to(torch.int8)
-    assert torch.equal(torch.kron(h_r, h_c), hadamard_matrix(n, torch.int8))
-    assert hc[c:].abs().sum() == 0 and hc[:, c:].abs().sum() == 0 and hr[r:].abs().sum() == 0
+    for tm in {rp, max(rp, 64)}:
+        hc, hr = K._tables(n, tm, torch.float32, torch.device("cpu"))
+        h_c = hc[:c, :c].t().contiguous().to(torch.int8)
+        k = tm // r
+        blocks = [hr[i * r:(i + 1) * r, j * r:(j + 1) * r] for i in range(k) for j in range(k)]
+        for i in range(k):
+            assert torch.equal(torch.kron(blocks[i * k + i].to(torch.int8), h_c), hadamard_matrix(n, torch.int8))
+        assert sum(blk.abs().sum() for i, blk in enumerate(blocks) if i % (k + 1)) == 0
+        assert hc[c:].abs().sum() == 0 and hc[:, c:].abs().sum() == 0 and hr[k * r:].abs().sum() == 0
 
 
 @pytest.mark.parametrize("c,bk", [(64, 16), (128, 64), (256, 64), (32, 16)])
@@ -66,7 +70,7 @@ def test_sylvester_blocks_are_kronecker(c, bk):
     """The row-tile launch relies on ``H_C = kron(H_{C/BK}, H_BK)``, with ``H_BK`` the table's corner."""
     g = c // bk
     assert torch.equal(hadamard_matrix(c), torch.kron(hadamard_matrix(g), hadamard_matrix(bk)))
-    hc, _ = K._tables(c, torch.float32, torch.device("cpu"))
+    hc, _ = K._tables(c, 16, torch.float32, torch.device("cpu"))
     assert torch.equal(hc[:bk, :bk].double(), hadamard_matrix(bk).t())
 
 

@@ -41,6 +41,7 @@ _BASES = (1, 12, 20, 28)
 _MAX_C = 256
 _MAX_RP = 64
 _MAX_BK = 64
+_TILE = 32
 
 
 @triton.jit
@@ -53,28 +54,29 @@ def _split3(v):
 
 
 @triton.jit
-def _dot_pm1(a, h, acc, IN_KIND: tl.constexpr, INTERP: tl.constexpr):
-    """``acc + a @ h`` for ±1 ``h`` (fp16 for fp16 ``a``, else bf16) with exact products."""
+def _hdot(h, x, acc, IN_KIND: tl.constexpr, INTERP: tl.constexpr):
+    """``acc + h @ x`` for ±1 ``h`` (fp16 for fp16 ``x``, else bf16) with exact products."""
     if INTERP:
-        return tl.dot(a.to(tl.float32), h.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(h.to(tl.float32), x.to(tl.float32), acc, input_precision="ieee")
     elif IN_KIND == 2:
-        hi, mid, lo = _split3(a)
-        acc = tl.dot(hi.to(tl.bfloat16), h, acc)
-        acc = tl.dot(mid.to(tl.bfloat16), h, acc)
-        return tl.dot(lo.to(tl.bfloat16), h, acc)
+        hi, mid, lo = _split3(x)
+        acc = tl.dot(h, hi.to(tl.bfloat16), acc)
+        acc = tl.dot(h, mid.to(tl.bfloat16), acc)
+        return tl.dot(h, lo.to(tl.bfloat16), acc)
     else:
-        return tl.dot(a, h, acc)
+        return tl.dot(h, x, acc)
 
 
 @triton.jit
-def _mix(h, t, INTERP: tl.constexpr):
-    """``h @ t`` for ±1 bf16 ``h`` and fp32 ``t`` at fp32 accuracy on bf16 tensor cores."""
+def _mix(t, h, INTERP: tl.constexpr):
+    """``t @ h`` for fp32 ``t`` and ±1 bf16 ``h`` at fp32 accuracy on bf16 tensor cores (``t`` is the
+    register operand, so no layout shuffle is needed after the first product)."""
     if INTERP:
-        return tl.dot(h.to(tl.float32), t, input_precision="ieee")
+        return tl.dot(t, h.to(tl.float32), input_precision="ieee")
     hi, mid, lo = _split3(t)
-    acc = tl.dot(h, hi.to(tl.bfloat16))
-    acc = tl.dot(h, mid.to(tl.bfloat16), acc)
-    return tl.dot(h, lo.to(tl.bfloat16), acc)
+    acc = tl.dot(hi.to(tl.bfloat16), h)
+    acc = tl.dot(mid.to(tl.bfloat16), h, acc)
+    return tl.dot(lo.to(tl.bfloat16), h, acc)
 
 
 @triton.jit
@@ -88,110 +90,120 @@ def _quant(v, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _finish(t, hr, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
+def _finish(tt, hr_t, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
             W: tl.constexpr, C: tl.constexpr, HAS_R: tl.constexpr, OS_MODE: tl.constexpr,
             INTERP: tl.constexpr):
-    """Mix rows with ``H_R``, scale by ``1 / (sqrt(n) * out_scale)``, quantize and store columns
-    ``col0 .. col0+W`` of the tile (``mult`` is that factor unless the scale is per channel)."""
+    """``tt [W, TM]`` holds columns ``col0 .. col0+W`` of the tile transposed: mix the tile rows with
+    ``H_R``, scale by ``1 / (sqrt(n) * out_scale)`` (``mult`` unless per channel), quantize, store."""
     if HAS_R:
-        t = _mix(hr, t, INTERP)
+        tt = _mix(tt, hr_t, INTERP)
     col = col0 + tl.arange(0, W)
-    ok = ok_t[:, None] & (col < C)[None, :]
+    ok = (col < C)[:, None] & ok_t[None, :]
     if OS_MODE == 2:
-        s = tl.load(os_ptr + soff[:, None] + col[None, :], mask=ok, other=1.0).to(tl.float32)
-        q = _quant(t * (inv_sqrt_n / s), INTERP)
+        s = tl.load(os_ptr + soff[None, :] + col[:, None], mask=ok, other=1.0).to(tl.float32)
+        q = _quant(tt * (inv_sqrt_n / s), INTERP)
     else:
-        q = _quant(t * mult, INTERP)
-    tl.store(out_ptr + ooff[:, None] + col[None, :], q, mask=ok)
+        q = _quant(tt * mult, INTERP)
+    tl.store(out_ptr + ooff[None, :] + col[:, None], q, mask=ok)
 
 
 @triton.jit
-def _load(x_ptr, xoff, ok_t, c0, W: tl.constexpr, C: tl.constexpr):
-    """Columns ``c0 .. c0+W`` of the tile's rows (zeros past ``C``)."""
+def _load_t(x_ptr, xoff, ok_t, c0, W: tl.constexpr, C: tl.constexpr):
+    """Columns ``c0 .. c0+W`` of the tile's rows, transposed to ``[W, TM]`` (zeros past ``C``)."""
     col = c0 + tl.arange(0, W)
-    return tl.load(x_ptr + xoff[:, None] + col[None, :], mask=ok_t[:, None] & (col < C)[None, :], other=0.0)
+    x = tl.load(x_ptr + xoff[:, None] + col[None, :], mask=ok_t[:, None] & (col < C)[None, :], other=0.0)
+    return tl.trans(x)
+
+
+@triton.jit
+def _row_tile(x_ptr, out_ptr, os_ptr, h, hr_t, mult, inv_sqrt_n, xoff, ooff, soff, ok_t,
+              C: tl.constexpr, CP: tl.constexpr, TM: tl.constexpr, BK: tl.constexpr, HAS_R: tl.constexpr,
+              IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr):
+    """All ``C`` columns of one tile: ``H_BK`` products of the ``CP / BK`` chunks, fp32 butterflies
+    across chunks (``H_C = kron(H_G, H_BK)``), then the row mixing and quantization per chunk."""
+    G: tl.constexpr = CP // BK
+    z = tl.zeros([BK, TM], tl.float32)
+    if G == 1:
+        _finish(_hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND, INTERP), hr_t, 0, ooff, soff,
+                ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R, OS_MODE, INTERP)
+    elif G == 2:
+        x0 = _load_t(x_ptr, xoff, ok_t, 0, BK, C)
+        x1 = _load_t(x_ptr, xoff, ok_t, BK, BK, C)
+        p0 = _hdot(h, x0, z, IN_KIND, INTERP)
+        p1 = _hdot(h, x1, z, IN_KIND, INTERP)
+        _finish(p0 + p1, hr_t, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
+        _finish(p0 - p1, hr_t, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
+    else:
+        if IN_KIND == 2:
+            p0 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND, INTERP)
+            p1 = _hdot(h, _load_t(x_ptr, xoff, ok_t, BK, BK, C), z, IN_KIND, INTERP)
+            p2 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 2 * BK, BK, C), z, IN_KIND, INTERP)
+            p3 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 3 * BK, BK, C), z, IN_KIND, INTERP)
+        else:
+            x0 = _load_t(x_ptr, xoff, ok_t, 0, BK, C)
+            x1 = _load_t(x_ptr, xoff, ok_t, BK, BK, C)
+            x2 = _load_t(x_ptr, xoff, ok_t, 2 * BK, BK, C)
+            x3 = _load_t(x_ptr, xoff, ok_t, 3 * BK, BK, C)
+            p0 = _hdot(h, x0, z, IN_KIND, INTERP)
+            p1 = _hdot(h, x1, z, IN_KIND, INTERP)
+            p2 = _hdot(h, x2, z, IN_KIND, INTERP)
+            p3 = _hdot(h, x3, z, IN_KIND, INTERP)
+        s0 = p0 + p1
+        d0 = p0 - p1
+        s1 = p2 + p3
+        d1 = p2 - p3
+        _finish(s0 + s1, hr_t, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
+        _finish(d0 + d1, hr_t, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
+        _finish(s0 - s1, hr_t, 2 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
+        _finish(d0 - d1, hr_t, 3 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
+                OS_MODE, INTERP)
 
 
 @triton.jit
 def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_mult, inv_sqrt_n,
                            M, stride_xm, stride_om,
-                           R: tl.constexpr, C: tl.constexpr, RP: tl.constexpr, CP: tl.constexpr,
+                           R: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, PR: tl.constexpr,
                            TM: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, COL_SPLIT: tl.constexpr,
                            IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr):
     HAS_R: tl.constexpr = R > 1
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.arange(0, TM)
+    q = tl.arange(0, TM)
+    sub = q // R
+    b = q % R
     if HAS_R:
-        ok_t = t < R
-        xoff = pid * stride_xm + t * C
-        ooff = pid * stride_om + t * C
-        soff = t * C
-        rr = tl.arange(0, RP)
-        hr = tl.load(hr_ptr + rr[:, None] * RP + rr[None, :])
+        hr_t = tl.load(hr_ptr + q[None, :] * TM + q[:, None])
     else:
-        row = pid * TM + t
-        ok_t = row < M
-        xoff = row * stride_xm
-        ooff = row * stride_om
-        soff = t * 0
-        hr = 0.0
+        hr_t = 0.0
     if OS_MODE == 1:
         mult = inv_sqrt_n / tl.load(os_ptr).to(tl.float32)
     else:
         mult = os_mult
     if COL_SPLIT:
+        row = tl.program_id(0).to(tl.int64) * PR + sub
+        ok_t = (sub < PR) & (row < M)
+        xoff = row * stride_xm + b * C
+        ooff = row * stride_om + b * C
         col0 = tl.program_id(1) * BC
         j = col0 + tl.arange(0, BC)
-        acc = tl.zeros([TM, BC], tl.float32)
+        acc = tl.zeros([BC, TM], tl.float32)
         for k0 in tl.static_range(0, CP, BK):
             k = k0 + tl.arange(0, BK)
-            h = tl.load(hc_ptr + k[:, None] * CP + j[None, :])
-            acc = _dot_pm1(_load(x_ptr, xoff, ok_t, k0, BK, C), h, acc, IN_KIND, INTERP)
-        _finish(acc, hr, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE, INTERP)
+            h = tl.load(hc_ptr + k[None, :] * CP + j[:, None])
+            acc = _hdot(h, _load_t(x_ptr, xoff, ok_t, k0, BK, C), acc, IN_KIND, INTERP)
+        _finish(acc, hr_t, col0, ooff, b * C, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE,
+                INTERP)
     else:
-        G: tl.constexpr = CP // BK
         k = tl.arange(0, BK)
-        h = tl.load(hc_ptr + k[:, None] * CP + k[None, :])
-        z = tl.zeros([TM, BK], tl.float32)
-        if G == 1:
-            _finish(_dot_pm1(_load(x_ptr, xoff, ok_t, 0, BK, C), h, z, IN_KIND, INTERP), hr, 0, ooff, soff,
-                    ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R, OS_MODE, INTERP)
-        elif G == 2:
-            x0 = _load(x_ptr, xoff, ok_t, 0, BK, C)
-            x1 = _load(x_ptr, xoff, ok_t, BK, BK, C)
-            p0 = _dot_pm1(x0, h, z, IN_KIND, INTERP)
-            p1 = _dot_pm1(x1, h, z, IN_KIND, INTERP)
-            _finish(p0 + p1, hr, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
-            _finish(p0 - p1, hr, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
-        else:
-            if IN_KIND == 2:
-                p0 = _dot_pm1(_load(x_ptr, xoff, ok_t, 0, BK, C), h, z, IN_KIND, INTERP)
-                p1 = _dot_pm1(_load(x_ptr, xoff, ok_t, BK, BK, C), h, z, IN_KIND, INTERP)
-                p2 = _dot_pm1(_load(x_ptr, xoff, ok_t, 2 * BK, BK, C), h, z, IN_KIND, INTERP)
-                p3 = _dot_pm1(_load(x_ptr, xoff, ok_t, 3 * BK, BK, C), h, z, IN_KIND, INTERP)
-            else:
-                x0 = _load(x_ptr, xoff, ok_t, 0, BK, C)
-                x1 = _load(x_ptr, xoff, ok_t, BK, BK, C)
-                x2 = _load(x_ptr, xoff, ok_t, 2 * BK, BK, C)
-                x3 = _load(x_ptr, xoff, ok_t, 3 * BK, BK, C)
-                p0 = _dot_pm1(x0, h, z, IN_KIND, INTERP)
-                p1 = _dot_pm1(x1, h, z, IN_KIND, INTERP)
-                p2 = _dot_pm1(x2, h, z, IN_KIND, INTERP)
-                p3 = _dot_pm1(x3, h, z, IN_KIND, INTERP)
-            s0 = p0 + p1
-            d0 = p0 - p1
-            s1 = p2 + p3
-            d1 = p2 - p3
-            _finish(s0 + s1, hr, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
-            _finish(d0 + d1, hr, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
-            _finish(s0 - s1, hr, 2 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
-            _finish(d0 - d1, hr, 3 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                    OS_MODE, INTERP)
+        h = tl.load(hc_ptr + k[None, :] * CP + k[:, None])
+        for tile in range(tl.program_id(0), tl.cdiv(M, PR), tl.num_programs(0)):
+            row = (tile * PR + sub).to(tl.int64)
+            ok_t = (sub < PR) & (row < M)
+            _row_tile(x_ptr, out_ptr, os_ptr, h, hr_t, mult, inv_sqrt_n, row * stride_xm + b * C,
+                      row * stride_om + b * C, b * C, ok_t, C, CP, TM, BK, HAS_R, IN_KIND, OS_MODE, INTERP)
 
 
 @functools.lru_cache(maxsize=None)
@@ -212,13 +224,15 @@ def tile_plan(n: int) -> tuple[int, int, int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _tables(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Zero-padded ``H_C^T [CP, CP]`` in the dot dtype and ``H_R [RP, RP]`` in bf16, on ``device``."""
+def _tables(n: int, tm: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Zero-padded ``H_C^T [CP, CP]`` in the dot dtype and ``kron(I_{tm // R}, H_R)`` zero-padded to
+    ``[tm, tm]`` in bf16 (the row mixing of a tile that packs ``tm // R`` rows), on ``device``."""
     r, c, rp, cp = tile_plan(n)
     hc = torch.zeros(cp, cp)
     hc[:c, :c] = hadamard_matrix(c, torch.float32).t()
-    hr = torch.zeros(rp, rp)
-    hr[:r, :r] = hadamard_matrix(r, torch.float32)
+    k = tm // r
+    hr = torch.zeros(tm, tm)
+    hr[:k * r, :k * r] = torch.kron(torch.eye(k), hadamard_matrix(r, torch.float32))
     return hc.to(device=device, dtype=dtype), hr.to(device=device, dtype=torch.bfloat16)
 
 
@@ -242,36 +256,46 @@ def _col_block(cp: int, row_tiles: int) -> int:
 
 
 def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
-           bc: int | None = None, warps: int | None = None) -> None:
+           bc: int | None = None, warps: int | None = None, tm: int | None = None, stages: int | None = None,
+           programs: int | None = None) -> None:
     """Run the kernel on ``x2 [M, n]`` (unit column stride) into int8 ``out [M, n]``.
 
-    ``col_split``/``bk``/``bc``/``warps`` override the launch shape (tests and the benchmark sweep)."""
+    The keyword arguments override the launch shape (tests and the benchmark sweep): ``tm`` tile width
+    (rows of length ``C`` per tile, packing ``tm // R`` rows), ``bk``/``bc`` column chunk/block,
+    ``programs`` caps the row-tile grid (the programs then loop over tiles)."""
     m, n = x2.shape
     r, c, rp, cp = tile_plan(n)
     if col_split is None:
-        col_split = (m if r > 1 else triton.cdiv(m, 32)) < num_sms(x2.device)
-    tm = rp if r > 1 else (16 if col_split else 32)
-    row_tiles = m if r > 1 else triton.cdiv(m, tm)
+        col_split = triton.cdiv(m, max(rp, _TILE) // r) < num_sms(x2.device)
+    if col_split:
+        tm = tm or (rp if r > 1 else 16)
+        per = 1 if r > 1 else tm
+    else:
+        tm = tm or max(rp, _TILE)
+        per = tm // r
+    if tm < max(rp, 16) or tm & (tm - 1):
+        raise InvalidArgumentError(f"bad hadamard_quant tile width {tm} for R={r}")
+    row_tiles = triton.cdiv(m, per)
     if col_split:
         bk = bk or (cp if x2.dtype != torch.float32 else min(_MAX_BK, cp))
         bc = bc or _col_block(cp, row_tiles)
         grid = (row_tiles, cp // bc)
     else:
-        bk = bk or min(_MAX_BK, cp)
+        bk = bk or min(_MAX_BK if tm <= _TILE else 2 * _MAX_BK, cp)
         bc = bk
-        grid = (row_tiles,)
+        grid = (min(row_tiles, programs or row_tiles),)
     if cp % bc or cp % bk or (not col_split and cp // bk > 4) or bc < 16 or bk < 16:
         raise InvalidArgumentError(f"bad hadamard_quant blocks bk={bk} bc={bc} for C={cp}")
-    warps = warps or (8 if not col_split and tm * cp >= 16384 else 4)
+    warps = warps or (8 if not col_split and tm > _TILE else 4)
     in_kind = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[x2.dtype]
-    hc, hr = _tables(n, torch.float16 if in_kind == 0 else torch.bfloat16, x2.device)
+    hc, hr = _tables(n, tm, torch.float16 if in_kind == 0 else torch.bfloat16, x2.device)
     os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x2.device, out)
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
     _hadamard_quant_kernel[grid](
         x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
-        R=r, C=c, RP=rp, CP=cp, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-        INTERP=interpreting(), num_warps=warps, num_stages=1)
+        R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
+        INTERP=interpreting(), num_warps=warps, num_stages=stages or 1)
 
 
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
