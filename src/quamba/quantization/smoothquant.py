@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .calibration import Site, collect
+from .rotation import untie_lm_head
 
 Tensor = torch.Tensor
 
@@ -47,7 +48,10 @@ def smoothing_sites(model: nn.Module, include_lm_head: bool) -> list[tuple[Site,
 
 def smooth_model(model: nn.Module, samples: list[Tensor], alpha: float = 0.5, include_lm_head: bool = False,
                  show_progress: bool = True) -> None:
-    """Measure per-channel input absmax on ``samples`` and fold the smoothing factors in place."""
+    """Measure per-channel input absmax on ``samples`` and fold the smoothing factors in place
+    (the lm_head is untied from the embedding first when it is smoothed)."""
+    if include_lm_head:
+        untie_lm_head(model)
     sites = smoothing_sites(model, include_lm_head)
     stats = collect(model, samples, {site: "per_channel_absmax" for site, _, _ in sites},
                     show_progress=show_progress, desc="smoothquant statistics")
