@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .int8_gemm import _epilogue
+from ..errors import InvalidArgumentError
+from .int8_gemm import _epilogue, interpreting
 
 MAX_M = 8
 
@@ -50,15 +51,6 @@ def fp16_plan(n: int, k: int) -> tuple[int, int, int]:
     if n <= 512:
         return 1, 2048, 4
     return (2, 512, 2) if k <= 4096 else (2, 1024, 4)
-
-
-def int8_plan(n: int, k: int) -> tuple[int, int, int]:
-    """Plan of the elementwise int8 GEMV, from the same sweep."""
-    if n <= 512:
-        return 2, 2048, 4
-    if k <= 256:
-        return 16, 256, 4
-    return (16, 256, 4) if k <= 4096 else (4, 1024, 4)
 
 
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -113,13 +105,122 @@ def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_p
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
 
+@triton.jit
+def _dot4(w, x, acc, USE_DP4A: tl.constexpr):
+    """``acc + sum_i w.byte[i] * x.byte[i]`` over the 4 signed int8 codes packed in each int32 word."""
+    if USE_DP4A:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [w, x, acc],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        for i in tl.static_range(4):
+            acc += ((w << (24 - 8 * i)) >> 24) * ((x << (24 - 8 * i)) >> 24)
+        return acc
+
+
+@triton.jit
+def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                       M, N, K4, stride_xm4, stride_wn4, stride_om,
+                       XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                       USE_DP4A: tl.constexpr, PREFETCH: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr):
+    """Int8 GEMV on int32 words (4 codes each, ``K4 = K / 4``): one dp4a per word, 16-byte loads.
+
+    Rows past ``N`` / ``M`` are clamped on load (so whole K tiles load unmasked) and masked on store.
+    ``PREFETCH`` (needs ``K4 >= BLOCK_K4``) issues the loads of the next K tile before multiplying the
+    current one, doubling the bytes each thread keeps in flight (the last tile is loaded twice, from
+    cache). A masked tail tile covers ``K4 % BLOCK_K4``.
+    """
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K4)
+    w_ptrs = w_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(rn, N - 1)[:, None] * stride_wn4 + rk[None, :]
+    x_ptrs = x_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(rm, M - 1)[:, None] * stride_xm4 + rk[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K4), dtype=tl.int32)
+    k_full = (K4 // BLOCK_K4) * BLOCK_K4
+    if PREFETCH:
+        last = k_full - BLOCK_K4
+        w = tl.load(w_ptrs)
+        x = tl.load(x_ptrs)
+        for k0 in range(0, k_full, BLOCK_K4):
+            nxt = tl.minimum(k0 + BLOCK_K4, last)
+            w_n = tl.load(w_ptrs + nxt)
+            x_n = tl.load(x_ptrs + nxt)
+            acc = _dot4(w[None, :, :], x[:, None, :], acc, USE_DP4A)
+            w = w_n
+            x = x_n
+    else:
+        for k0 in range(0, k_full, BLOCK_K4):
+            w = tl.load(w_ptrs + k0)
+            x = tl.load(x_ptrs + k0)
+            acc = _dot4(w[None, :, :], x[:, None, :], acc, USE_DP4A)
+    for k0 in range(k_full, K4, BLOCK_K4):
+        k_ok = (k0 + rk) < K4
+        w_t = tl.load(w_ptrs + k0, mask=k_ok[None, :], other=0)
+        x_t = tl.load(x_ptrs + k0, mask=k_ok[None, :], other=0)
+        acc = _dot4(w_t[None, :, :], x_t[:, None, :], acc, USE_DP4A)
+    _epilogue(tl.sum(acc, axis=2), rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+
+
+# variant -> (USE_DP4A, PREFETCH) of the word kernel; "ew" is the elementwise int8 kernel. "i32" is the
+# word kernel with shift unpacking instead of dp4a (what the interpreter runs for every word variant).
+INT8_VARIANTS = {"ew": None, "dp4a": (True, False), "dp4a_pf": (True, True), "i32": (False, False),
+                 "i32_pf": (False, True)}
+
+
+def int8_gemv_plan(n: int, k: int) -> tuple[str, int, int, int]:
+    """``(variant, BLOCK_N, BLOCK_K bytes, num_warps)`` of the int8 decode GEMV for M = 1 (BLOCK_N is
+    divided by the padded M), from the H200 CUDA-graph sweep (benchmarks/gemv_sweep.py)."""
+    if n <= 512:
+        return "ew", 2, 2048, 4
+    if k <= 256:
+        return "ew", 16, 256, 4
+    return ("ew", 16, 256, 4) if k <= 4096 else ("ew", 4, 1024, 4)
+
+
+def int8_plan(n: int, k: int) -> tuple[int, int, int]:
+    """``(BLOCK_N, BLOCK_K, num_warps)`` of ``int8_gemv_plan``; ``launch_int8_gemv`` picks its variant."""
+    return int8_gemv_plan(n, k)[1:]
+
+
+def _words_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether both int8 operands can be read as int32 words (K, row strides and bases 4-aligned)."""
+    return (x.shape[1] % 4 == 0 and x.stride(0) % 4 == 0 and w.stride(0) % 4 == 0
+            and x.data_ptr() % 4 == 0 and w.data_ptr() % 4 == 0)
+
+
 def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict, block_n: int, block_k: int,
-                     num_warps: int = 4) -> None:
-    """Elementwise int8 GEMV (``ep`` from ``int8_gemm.epilogue_args``)."""
+                     num_warps: int = 4, variant: str | None = None) -> None:
+    """Int8 GEMV of contiguous-row ``x [M, K]`` and ``w [N, K]`` (``ep`` from ``int8_gemm.epilogue_args``).
+
+    ``variant`` (a key of ``INT8_VARIANTS``; default: ``int8_gemv_plan``'s) selects the kernel; the word
+    variants fall back to the elementwise one when K or the rows are not 4-byte aligned, and run
+    dp4a as shift unpacking under the interpreter (no inline assembly there).
+    """
     m, k = x.shape
     n = w.shape[0]
-    _int8_gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, w, out, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"],
-        m, n, k, x.stride(0), w.stride(0), out.stride(0), XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"],
-        HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"], BLOCK_M=max(1, triton.next_power_of_2(m)),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    if variant is None:
+        variant = int8_gemv_plan(n, k)[0]
+    if variant not in INT8_VARIANTS:
+        raise InvalidArgumentError(f"unknown int8 GEMV variant {variant!r}; one of {sorted(INT8_VARIANTS)}")
+    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
+    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
+    bm = max(1, triton.next_power_of_2(m))
+    grid = (triton.cdiv(n, block_n),)
+    if INT8_VARIANTS[variant] is None or not _words_ok(x, w):
+        _int8_gemv_kernel[grid](x, w, out, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), **flags,
+                                BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+        return
+    dp4a, prefetch = INT8_VARIANTS[variant]
+    block_k4 = max(1, block_k // 4)
+    _int8_gemv4_kernel[grid](x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4, out.stride(0),
+                             **flags, USE_DP4A=dp4a and not interpreting(), PREFETCH=prefetch and k >= block_k4 * 4,
+                             BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps)
+
+
+def int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict) -> None:
+    """``launch_int8_gemv`` with the plan of ``int8_gemv_plan`` (channel tile divided by the padded M)."""
+    m, k = x.shape
+    variant, bn, bk, warps = int8_gemv_plan(w.shape[0], k)
+    launch_int8_gemv(x, w, out, ep, max(1, bn // triton.next_power_of_2(m)), bk, warps, variant)
