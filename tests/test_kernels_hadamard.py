@@ -93,6 +93,15 @@ def test_both_launch_shapes(n, bk, col_split):
     _check_codes(_launch(x, scale, col_split=col_split, bk=bk), Q.hadamard_quant(x, scale))
 
 
+@pytest.mark.parametrize("n,tm,programs", [(160, 64, None), (160, 64, 2), (96, 64, 1), (64, 64, None),
+                                            (1024, 32, 2), (320, 32, 3)])
+def test_packed_tiles_and_persistent_grid(n, tm, programs):
+    """Tiles packing ``tm // R`` rows (block-diagonal row mixing), grids looping over several tiles."""
+    x = torch.randn(7 if n != 64 else 37, n, device=DEV).to(torch.bfloat16)
+    scale = _scales(x)[0]
+    _check_codes(_launch(x, scale, col_split=False, tm=tm, programs=programs), Q.hadamard_quant(x, scale))
+
+
 @pytest.mark.parametrize("bc", [16, 32])
 def test_column_blocks(bc):
     x = torch.randn(2, 768, device=DEV, dtype=torch.bfloat16)
@@ -141,29 +150,41 @@ def test_bad_inputs_raise():
         K.hadamard_quant(torch.randn(2, 64, device=DEV), torch.ones(3, device=DEV))
     with pytest.raises(InvalidArgumentError):
         K.tile_plan(12 * 2048)
+    with pytest.raises(InvalidArgumentError):
+        _launch(torch.randn(2, 320, device=DEV), 0.1, tm=16)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [768, 1536, 2560, 4096, 5120, 8192])
-@pytest.mark.parametrize("m", [1, 5, 1024])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_real_shapes_gpu(n, m, dtype):
-    x = torch.randn(m, n, device=DEV).to(dtype)
+@pytest.mark.parametrize("m", [1, 1024])
+def test_real_shapes_gpu(n, m):
+    x = torch.randn(m, n, device=DEV).to(torch.float16)
     x[:, 7] *= 50
     s = hadamard_transform(x.float()).abs().max().item() / 127
-    _check_codes(K.hadamard_quant(x, s), Q.hadamard_quant(x, s))
+    _check_codes(K.hadamard_quant(x, torch.tensor(s, device=DEV)), Q.hadamard_quant(x, s))
     per_chan = torch.rand(n, device=DEV) * s + s / 2
     _check_codes(K.hadamard_quant(x, per_chan), Q.hadamard_quant(x, per_chan))
     assert math.isfinite(s)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("col_split", [False, True])
-@pytest.mark.parametrize("n", [2560, 5120, 8192])
-def test_both_launch_shapes_gpu(n, col_split):
-    x = torch.randn(64, n, device=DEV, dtype=torch.float16)
+@pytest.mark.parametrize("m", [1, 5, 1024])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_input_dtypes_gpu(m, dtype):
+    x = torch.randn(3, m, 5120, device=DEV).to(dtype)
+    s = hadamard_transform(x.float()).abs().max().item() / 127
+    _check_codes(K.hadamard_quant(x, s), Q.hadamard_quant(x, s))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kw", [{"col_split": True}, {"col_split": False, "tm": 64, "bk": 128, "warps": 8},
+                                {"col_split": False, "tm": 32, "bk": 128, "warps": 8},
+                                {"col_split": False, "stages": 2, "programs": 100}])
+def test_launch_variants_gpu(kw):
+    """The launch shapes the benchmark sweep offers, at mamba-2.8b's d_inner."""
+    x = torch.randn(300, 5120, device=DEV, dtype=torch.float16)
     s = torch.tensor(hadamard_transform(x.float()).abs().max().item() / 127, device=DEV)
-    _check_codes(_launch(x, s, col_split=col_split), Q.hadamard_quant(x, s))
+    _check_codes(_launch(x, s, **kw), Q.hadamard_quant(x, s))
 
 
 @pytest.mark.gpu
