@@ -1,7 +1,8 @@
 """Times hadamard_quant (fused normalized Hadamard rotation + int8 quantization) on the GPU.
 
-Each case captures 50 calls on rotating inputs in one CUDA graph, replays it and divides, so launch
-overhead is excluded (kernel time as in a CUDA-graph decode step). Inputs rotate over enough copies
+Each case captures 50 calls on rotating inputs in one CUDA graph, replays it and divides, so host
+launch overhead is excluded (what a CUDA-graph decode step pays per call; for tiny kernels this still
+includes the ~1 us gap between consecutive graph kernels that a profiler's kernel time leaves out). Inputs rotate over enough copies
 that the working set of a prefill case exceeds L2. Bytes moved = input read + int8 output written.
 ``--ref`` adds the plain-torch reference (eager), ``--sweep`` also times alternative launch shapes
 (column blocks vs row tiles, block sizes, warps) to tune ``quamba.kernels.hadamard.launch``.

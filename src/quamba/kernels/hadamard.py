@@ -2,24 +2,26 @@
 
 ``H_n = kron(H_R, H_C)`` with ``H_C`` a Sylvester matrix of order ``C <= 256`` and ``H_R`` the
 rest of the project's ``hadamard_matrix`` (``kron(H_m, H_{2^j})``). A row viewed as ``X [R, C]``
-maps to ``Y = H_R X H_C^T / sqrt(n)``; output column blocks of ``Y`` are independent, so the work
-of one row spreads over several programs.
+maps to ``Y = H_R X H_C^T / sqrt(n)``. Tiles are kept transposed (``X^T [C, TM]``, the ``TM``
+tile columns being the ``R`` sub-rows of one or more rows): the first product ``H_C X^T`` takes
+``X^T`` as the shared-memory operand, and its fp32 result is the register operand of the ``H_R``
+mixing, so no layout shuffles sit between the two tensor-core products.
 
 Two launch shapes share one kernel:
 
-* column split (few rows, decode): program ``(row, j)`` computes columns ``j*BC ..`` of ``Y`` for
-  one row: ``X [R, C] @ H_C^T[:, block]`` (one tensor-core product; the ±1 block comes from a
-  small cached device table), then the ``R x R`` mixing.
-* row tiles (prefill): a program owns whole rows. ``H_C = kron(H_G, H_BK)`` with ``G <= 4``: each
-  ``BK``-wide chunk of ``X`` is multiplied by ``H_BK`` once on tensor cores and the ``G`` chunk
-  products are combined by fp32 butterflies, so the tensor-core work per element is ``BK``, not
-  ``C``.
+* column blocks (few rows, decode): program ``(row, j)`` computes output columns ``j*BC ..`` of
+  one row: ``H_C[block, :] X^T`` (the ±1 block from a small cached device table), then the
+  mixing. A row's work spreads over ``C / BC`` programs.
+* row tiles (prefill): a program owns ``TM // R`` whole rows (tile columns past that are padding;
+  the mixing matrix is block diagonal). ``H_C = kron(H_G, H_BK)`` with ``G <= 4``: each
+  ``BK``-wide chunk is multiplied by ``H_BK`` once and the ``G`` chunk products are combined by
+  fp32 butterflies, so the tensor-core work per element is ``BK``, not ``C``.
 
 Precision: products with ±1 are exact; fp16/bf16 ``x`` feeds the tensor cores directly with fp32
 accumulation; fp32 operands (fp32 ``x`` and the intermediate before the ``R`` mixing) are split
 into three bf16 pieces (8 significant bits each, so the split is exact). The result can differ
-from the reference's fp32 butterflies only by summation-order rounding, i.e. rare off-by-one int8
-codes.
+from the reference's fp32 butterflies only by summation-order rounding (and the scale being applied
+as one multiplication by ``1 / (sqrt(n) * scale)``), i.e. rare off-by-one int8 codes.
 """
 from __future__ import annotations
 
