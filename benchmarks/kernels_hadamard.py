@@ -2,8 +2,9 @@
 
 Each case captures 50 calls on rotating inputs in one CUDA graph, replays it and divides, so host
 launch overhead is excluded (what a CUDA-graph decode step pays per call; for tiny kernels this still
-includes the ~1 us gap between consecutive graph kernels that a profiler's kernel time leaves out). Inputs rotate over enough copies
-that the working set of a prefill case exceeds L2. Bytes moved = input read + int8 output written.
+includes the short gap between consecutive graph kernels that a profiler's kernel time leaves out).
+Inputs rotate over enough copies that the working set of a prefill case exceeds L2. Bytes moved =
+input read + int8 output written.
 ``--ref`` adds the plain-torch reference (eager), ``--sweep`` also times alternative launch shapes
 (column blocks vs row tiles, block sizes, warps) to tune ``quamba.kernels.hadamard.launch``.
 
