@@ -5,6 +5,11 @@ bandwidth; cuBLAS reaches only ~1.3 TB/s of the H200's ~4.2 TB/s at M=1. Each pr
 few output rows and streams their contiguous K-long weight rows in wide tiles, accumulating
 elementwise in fp32 registers and reducing once at the end. Larger M goes to ``F.linear``
 (cuBLAS), which is compute-efficient there. Reference: ``quamba.ops.reference.linear``.
+
+Int8 twins (W8A8 decode, exact int32 accumulation, the shared ``int8_gemm`` epilogue): an
+elementwise kernel, and kernels that read both operands as int32 words of 4 codes and multiply them
+with one ``dp4a`` each (fewer load and unpack instructions per byte, the int8 kernel's limit).
+``int8_gemv_plan`` names the variant and tiles per shape; ``launch_int8_gemv`` dispatches.
 """
 from __future__ import annotations
 
