@@ -30,17 +30,19 @@ def main() -> None:
     ap.add_argument("--percentile", type=float, default=0.99999)
     ap.add_argument("--max-tokens", type=int, default=65536)
     ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--dtype", default="fp32", help="float dtype of the model and of the quantized ops' float "
+                    "outputs (mamba1-small overflows fp16: its layer-10 SSM output reaches ~7e4)")
     ap.add_argument("--devices", default="cuda,cpu", help="evaluation devices; the first one is compared to the last")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tok = load_tokenizer(args.model)
     devices = args.devices.split(",")
-    model = load_model(args.model, device=devices[0], dtype="fp16" if devices[0] == "cuda" else "fp32")
+    model = load_model(args.model, device=devices[0], dtype=args.dtype)
     calib = load_calibration_samples(args.calib, tok, num_samples=args.num_samples, seqlen=512, seed=0,
                                      show_progress=False)
     quantize_(model, RECIPES["quamba"](percentile=args.percentile), [c.to(devices[0]) for c in calib], show_progress=False)
     ids = tokenize_stream(tok, load_ppl_text(args.ppl))
-    out = {"model": args.model, "max_tokens": args.max_tokens, "seqlen": args.seqlen}
+    out = {"model": args.model, "max_tokens": args.max_tokens, "seqlen": args.seqlen, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as d:
         save_quantized(model, tok, f"{d}/q", overwrite=True)
         del model

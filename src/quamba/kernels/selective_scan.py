@@ -393,7 +393,7 @@ def _chunk_scan_kernel(
             tl.store(out, h, mask=m3)
 
 
-WARPS_PER_SM = 16
+WARPS_PER_SM = 40
 MIN_CHUNK = 64
 COMBINE_BD = 32
 COMBINE_ROWS = 4
