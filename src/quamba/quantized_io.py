@@ -51,7 +51,7 @@ def quantized_config(model: torch.nn.Module) -> dict[str, Any]:
     recipe = getattr(model, "quant_config", None)
     if recipe is None:
         raise InvalidArgumentError("the model is not quantized (run quamba.quantization.quantize_ first)")
-    return {"quamba_format_version": FORMAT_VERSION, "model_type": "quamba", "arch": model.config.arch,
+    return {"quamba_format_version": FORMAT_VERSION, "arch": model.config.arch,
             "model_config": model.config.to_dict(), "recipe": recipe.to_dict(),
             "dtype": _DTYPE_NAMES[getattr(model, "quant_dtype", torch.float16)]}
 

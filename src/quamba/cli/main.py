@@ -12,7 +12,7 @@ import sys
 
 from ..errors import QuambaError
 
-COMMANDS = ["generate", "info", "bench", "eval"]
+COMMANDS = ["generate", "info", "bench", "eval", "quantize"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
