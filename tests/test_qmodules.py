@@ -79,7 +79,8 @@ def test_w8a8_linear_hadamard_input(seed):
     x[..., 5] *= 30
     scale = float(hadamard_transform(x).abs().max()) / 127
     q = W8A8Linear.from_float(lin, input_scale=scale, hadamard_input=True, out_dtype=torch.float32)
-    ref = ops.dequantize(ops.quantize(hadamard_transform(x), scale), scale) @ (q.weight.float() * float(q.weight_scale)).t()
+    w = q.weight.float() * float(q.weight_scale)
+    ref = ops.dequantize(ops.quantize(hadamard_transform(x), scale), scale) @ w.t()
     torch.testing.assert_close(q(x), ref, rtol=1e-4, atol=1e-5)
 
 

@@ -182,6 +182,9 @@ def shared_text(mamba1_small_dir):
     return calib_ids, eval_ids
 
 
+WARMUP = 8
+
+
 def _kl(ref: torch.Tensor, out: torch.Tensor) -> float:
     """Mean over positions of KL(fp || quantized) of the next-token distributions."""
     lp, lq = torch.log_softmax(ref.float(), -1), torch.log_softmax(out.float(), -1)
@@ -189,19 +192,22 @@ def _kl(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def _quantized_error(path, recipe, ids, calib) -> tuple[float, float]:
+    """Relative logit error and KL on the positions after the first ``WARMUP`` of the window."""
     m = load_model(path, dtype="fp32")
-    ref = m(ids)
+    ref = m(ids)[:, WARMUP:]
     quantize_(m, recipe, calib, show_progress=False)
-    out = m(ids)
+    out = m(ids)[:, WARMUP:]
     return _rel(out, ref), _kl(ref, out)
 
 
-@pytest.mark.parametrize("arch, rel_bound, kl_bound", [("mamba1", 0.15, 0.08), ("mamba2", 0.05, 0.01)])
+@pytest.mark.parametrize("arch, rel_bound, kl_bound", [("mamba1", 0.1, 0.04), ("mamba2", 0.05, 0.01)])
 def test_quamba_logits_close_to_fp_and_naive_worse(arch, rel_bound, kl_bound, shared_text, mamba1_small_dir,
                                                    mamba2_small_dir):
-    """6 x 64 calibration tokens and 160 WikiText tokens at random offsets. Measured with 4 x 64 / 128:
-    mamba1 Quamba 5-10% relative logit error, KL 0.01-0.05 nats, naive KL 0.10-0.36; mamba2 Quamba
-    ~2%, KL ~0.002 (its naive is about as good: mamba2-small has no activation outliers that hurt)."""
+    """6 x 64 calibration tokens and 160 WikiText tokens at random offsets; the first 8 positions
+    of the window are left out: their SSM outputs are far smaller than the calibrated out_proj input
+    range, so any static per-tensor recipe predicts them poorly (the dynamic recipe does not).
+    Measured over 16 draws: mamba1 Quamba 3-6% relative logit error, KL 0.005-0.016 nats, naive
+    KL 0.04-0.17 (>= 4.5x); mamba2 Quamba ~2%, KL ~0.002 (its naive KL ~0.006: little to fix)."""
     path = mamba1_small_dir if arch == "mamba1" else mamba2_small_dir
     calib_ids, eval_ids = shared_text
     starts = torch.randint(0, calib_ids.shape[1] - 64, (6,))
@@ -212,4 +218,4 @@ def test_quamba_logits_close_to_fp_and_naive_worse(arch, rel_bound, kl_bound, sh
     assert rel_q < rel_bound and kl_q < kl_bound, (rel_q, kl_q)
     if arch == "mamba1":
         _, kl_n = _quantized_error(path, get_recipe("naive"), ids, calib)
-        assert kl_n > 2 * kl_q, (kl_n, kl_q)
+        assert kl_n > 2.5 * kl_q, (kl_n, kl_q)

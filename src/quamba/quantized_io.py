@@ -116,7 +116,8 @@ def _read_config(path: Path) -> tuple[MambaConfig, Any, torch.dtype]:
         recipe = recipe_from_dict(d["recipe"])
         dtype = parse_dtype(d.get("dtype", "float16"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise QuantizedFormatError(f"{path / CONFIG_FILE} is missing or has a bad entry ({type(e).__name__}: {e})") from None
+        raise QuantizedFormatError(f"{path / CONFIG_FILE} is missing or has a bad entry "
+                                   f"({type(e).__name__}: {e})") from None
     except QuambaError as e:
         raise QuantizedFormatError(f"{path / CONFIG_FILE} describes an unsupported quantized model: {e}") from None
     return cfg, recipe, dtype

@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     p.add_argument("--percentile", type=float, default=None,
                    help="quantile kept by percentile observers (recipe default 0.9995; 0.99999 suits small models)")
-    p.add_argument("--state-percentile", type=float, default=None, help="quantile for the SSM state (default: --percentile)")
+    p.add_argument("--state-percentile", type=float, default=None,
+                   help="quantile for the SSM state (default: --percentile)")
     p.add_argument("--alpha", type=float, default=None, help="SmoothQuant migration strength (smoothquant recipe)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration window offsets (default 0)")
     p.add_argument("--fake-quant", action="store_true", help="simulate the int8 points in float (research mode)")

@@ -23,7 +23,7 @@ class QModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._floats: dict[str, float] = {}
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_scales())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def add_scale(self, name: str, shape: tuple[int, ...] = ()) -> None:
         self.register_buffer(name, torch.ones(shape, dtype=torch.float32))
@@ -58,6 +58,10 @@ class QModule(nn.Module):
         if name in self._floats:
             return self._floats[name]
         return getattr(self, name)
+
+
+def _refresh_after_load(module: QModule, _incompatible_keys) -> None:
+    module.refresh_scales()
 
 
 def fake_quant(x: Tensor, scale: float | Tensor) -> Tensor:

@@ -158,7 +158,8 @@ class QMamba2Mixer(QModule):
                 state.conv.copy_(ops.conv_state_from_inputs(xbc, c.d_conv, state.conv))
                 state.ssm.copy_(last)
             y = y.reshape(b, L, c.d_inner)
-        y = ops.qgated_rms_norm(y, z, s["z"], self.norm_weight, self.norm_eps, self.group_size, out_dtype=self.out_dtype)
+        y = ops.qgated_rms_norm(y, z, s["z"], self.norm_weight, self.norm_eps, self.group_size,
+                                out_dtype=self.out_dtype)
         return self.out_proj(y)
 
     def _forward_fake(self, h: Tensor, state: LayerState | None) -> Tensor:

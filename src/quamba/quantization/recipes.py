@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
 
 from ..config import MambaConfig
 from ..errors import InvalidArgumentError
@@ -166,7 +165,8 @@ def quantize_(model: MambaLM, config: QuantRecipe, calib_samples: list[Tensor] |
     model may be left partly transformed.
     """
     if not isinstance(config, QuantRecipe):
-        raise InvalidArgumentError(f"expected a recipe config (one of {', '.join(RECIPES)}), got {type(config).__name__}")
+        raise InvalidArgumentError(f"expected a recipe config (one of {', '.join(RECIPES)}), "
+                                   f"got {type(config).__name__}")
     config.validate()
     if getattr(model, "quant_config", None) is not None:
         raise InvalidArgumentError("the model is already quantized")
@@ -231,8 +231,3 @@ def build_quantized_model(cfg: MambaConfig, config: QuantRecipe, dtype: torch.dt
     model.quant_dtype = dtype
     return model
 
-
-def quantized_modules(model: nn.Module) -> list[str]:
-    """Names of the quantized modules of ``model`` (for reports)."""
-    kinds = (QRMSNorm, QMamba1Mixer, QMamba2Mixer, QEmbedding, W8A8Linear)
-    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
