@@ -6,7 +6,6 @@ Outputs the wrappers allocate are poisoned (NaN) so an element a kernel forgets 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -17,34 +16,10 @@ from quamba.kernels import conv1d as KC
 from quamba.kernels import norm as KN
 from quamba.ops import reference as R
 
+from kernel_checks import poisoned_outputs, rel_err
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
-
-
-@contextmanager
-def poisoned_outputs():
-    """Every tensor ``torch.empty`` creates inside the block starts as NaN (floats) or random bytes."""
-    real = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.numel():
-            t.copy_(torch.randint(-100, 100, t.shape, device=t.device).to(t.dtype))
-        return t
-
-    torch.empty = empty
-    try:
-        yield
-    finally:
-        torch.empty = real
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    assert torch.isfinite(a).all(), "non-finite (unwritten?) output"
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def token_major(b: int, L: int, d: int, dtype, pad: int = 7) -> torch.Tensor:

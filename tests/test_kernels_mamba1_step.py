@@ -9,7 +9,6 @@ allocate with ``torch.empty`` are poisoned first; the accumulators are zero-init
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -24,38 +23,14 @@ from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 from quamba.qmodules import QMamba1Mixer
 
+from kernel_checks import poisoned_outputs, rel_err
+
 torch.set_grad_enabled(False)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
 MAX_OFF_BY_ONE = 1e-3
 STEPS = 3
-
-
-@contextmanager
-def poisoned_outputs():
-    """Every tensor ``torch.empty`` creates inside the block starts as NaN (floats) or random bytes."""
-    real = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.numel():
-            t.copy_(torch.randint(-100, 100, t.shape, device=t.device).to(t.dtype))
-        return t
-
-    torch.empty = empty
-    try:
-        yield
-    finally:
-        torch.empty = real
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    assert torch.isfinite(a).all(), "non-finite (unwritten?) output"
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def assert_int8_close(a: torch.Tensor, b: torch.Tensor) -> None:
