@@ -53,7 +53,8 @@ class MambaLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.embeddings.weight.dtype
+        """The float dtype of the model (of its unquantized parts once quantized)."""
+        return getattr(self, "quant_dtype", None) or self.backbone.norm_f.weight.dtype
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
         device = device or self.device
