@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import InvalidArgumentError
+from ._small_common import check as _check
 from .int8_gemm import num_sms
 
 Tensor = torch.Tensor
@@ -434,11 +434,6 @@ def state_block(p: ScanPlan, np2: int) -> int:
     """Token block of the state pass: twice the scan's while its tile stays small (the state pass
     keeps fewer values per token, so a longer block buys more independent work per warp)."""
     return 2 * p.t_block if p.t_block * np2 <= 128 else p.t_block
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise InvalidArgumentError(msg)
 
 
 def _scale(s, name: str):

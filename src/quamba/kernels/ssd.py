@@ -25,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import InvalidArgumentError
-from .selective_scan import quantize_int8, scalar_arg, softplus
+from .selective_scan import _check, _scale, quantize_int8, scalar_arg, softplus
 
 Tensor = torch.Tensor
 
@@ -279,18 +278,6 @@ def _out_kernel(
     if TWO_HEADS:
         _out_store(acc2, x_base + s_xh, D_ptr, h + 1, y_base + s_yh, n_valid, sx, s_xl, s_xp, s_yl, s_yp, P,
                    offs_m, offs_p, HAS_D)
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise InvalidArgumentError(msg)
-
-
-def _scale(s, name: str):
-    if isinstance(s, Tensor):
-        _check(s.numel() == 1, f"{name} must be a float or a one-element tensor, got {tuple(s.shape)}")
-        return s.reshape(1).float()
-    return float(s)
 
 
 OUT_TWO_HEADS = True  # output programs take two heads of a group: half the C and C.B^T loads
