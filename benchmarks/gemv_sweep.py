@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import triton
 
 from quamba.kernels.gemv import INT8_VARIANTS, _gemv_kernel, launch_int8_gemv
 from quamba.kernels.int8_gemm import epilogue_args, launch_gemv
+from quamba.bench import graph_replay_ms
 
 SHAPES = {"in_proj m1": (10240, 2560), "x_proj m1": (192, 5120), "dt_proj m1": (5120, 160),
           "out_proj": (2560, 5120), "in_proj m2": (10576, 2560), "lm_head": (50280, 2560)}
@@ -32,27 +32,8 @@ INT8_TC = [(bn, bk, s, st) for bn in (16, 32, 64) for bk in (256, 512) for s in 
 
 
 def graph_us(calls, reps: int = 7) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts) * 1e3 / len(calls)
+    """Microseconds per call of ``calls`` replayed from one CUDA graph."""
+    return graph_replay_ms(calls, reps) * 1e3 / len(calls)
 
 
 def copies(n: int, k: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -24,6 +23,7 @@ import triton.testing
 
 from quamba.kernels import hadamard as K
 from quamba.ops import qreference as Q
+from quamba.bench import graph_replay_ms
 
 DEV = "cuda"
 CALLS = 50
@@ -44,27 +44,7 @@ class Result:
 
 def graph_us(calls: list[Callable[[], object]], reps: int = 9) -> float:
     """Median replay time of a CUDA graph holding ``calls``, divided by their number (us per call)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for c in calls[:3]:
-            c()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times) * 1e3 / len(calls)
+    return graph_replay_ms(calls, reps, warmup_calls=3) * 1e3 / len(calls)
 
 
 def inputs(rows: int, n: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from typing import Callable
 
 import torch
@@ -29,6 +28,7 @@ from quamba.config import shape_config
 from quamba.kernels import conv1d, gemv, int8_gemm, mamba1_step, qconv1d, state_update
 from quamba.kernels._small_common import per_tensor_scale_arg, scale_arg
 from quamba.ops import fused_reference as FR
+from quamba.bench import graph_replay_ms
 
 DEV = "cuda"
 F16 = torch.float16
@@ -50,28 +50,7 @@ def nbytes(*ts) -> int:
 
 def graph_us(calls: list[Callable], per: int, reps: int = 9) -> float:
     """Median time of one replay of a graph of ``calls``, divided by ``per`` (layers)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts) * 1e3 / per
+    return graph_replay_ms(calls, reps) * 1e3 / per
 
 
 class FpLayer:
