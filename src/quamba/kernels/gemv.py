@@ -188,11 +188,6 @@ def int8_gemv_plan(n: int, k: int) -> tuple[str, int, int, int]:
     return "dp4a_pf", 2, 1024, 2
 
 
-def int8_plan(n: int, k: int) -> tuple[int, int, int]:
-    """``(BLOCK_N, BLOCK_K, num_warps)`` of ``int8_gemv_plan``; ``launch_int8_gemv`` picks its variant."""
-    return int8_gemv_plan(n, k)[1:]
-
-
 def _words_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether both int8 operands can be read as int32 words (K, row strides and bases 4-aligned)."""
     return (x.shape[1] % 4 == 0 and x.stride(0) % 4 == 0 and w.stride(0) % 4 == 0

@@ -264,10 +264,9 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     if m and n:
         ep = epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
         if m <= 4 and not interpreting():
-            from .gemv import int8_plan, launch_int8_gemv
+            from .gemv import int8_gemv
 
-            bn, bk, warps = int8_plan(n, k)
-            launch_int8_gemv(x2, w, out, ep, max(1, bn // triton.next_power_of_2(m)), bk, warps)
+            int8_gemv(x2, w, out, ep)
         elif m <= GEMV_MAX_M:
             launch_gemv(x2, w, out, ep, gemv_plan(n, k, num_sms(x2.device)))
         else:
