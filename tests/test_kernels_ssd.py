@@ -17,22 +17,6 @@ K = pytest.importorskip("quamba.kernels.ssd")
 INF = float("inf")
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every ``torch.empty`` starts as NaN (float) or random bytes (int8) so unwritten outputs fail."""
-    empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.dtype == torch.int8:
-            t.copy_(torch.randint(-128, 128, t.shape, dtype=torch.int8))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned_empty)
-
-
 def _inputs(bt, L, h, p, g, n, dtype, device="cpu", packed=False):
     if packed:  # x, B, C as views of one conv output and dt a slice of in_proj's, as in Mamba2Mixer
         xbc = torch.randn(bt, L, h * p + 2 * g * n, device=device).to(dtype)
