@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_args, pdl_sync
 from ._small_common import check, pow2, silu
 
 Tensor = torch.Tensor
@@ -53,7 +54,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
 def _conv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
                         sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                        BLOCK_D: tl.constexpr):
+                        BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -136,5 +138,6 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
         x, conv_state, weight, bias_c, y, d,
         x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         weight.stride(0), weight.stride(1), y.stride(0),
-        K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=block_d, num_warps=warps)
+        K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=block_d, num_warps=warps,
+        **pdl_args(x))
     return y

@@ -20,20 +20,27 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from .int8_gemm import _epilogue, interpreting
+from .pdl import pdl_args, pdl_sync
 
 MAX_M = 8
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    rk = tl.arange(0, BLOCK_K)
+    k_ok = rk < K
+    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    pdl_sync(USE_PDL)
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+    acc = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
@@ -75,7 +82,7 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     bn, bk = block_n or bn, block_k or bk
     _gemv_kernel[(triton.cdiv(n, bn),)](x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
                                         weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
-                                        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+                                        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl_args(x2))
     return y
 
 
@@ -92,15 +99,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
                       M, N, K, stride_xm, stride_wn, stride_om,
                       XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """Int8 twin of ``_gemv_kernel``: exact int32 accumulation, then the shared int8 epilogue."""
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    rk = tl.arange(0, BLOCK_K)
+    k_ok = rk < K
+    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+    pdl_sync(USE_PDL)
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+    acc = x.to(tl.int32)[:, None, :] * w.to(tl.int32)[None, :, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
@@ -127,13 +139,14 @@ def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_
                        M, N, K4, stride_xm4, stride_wn4, stride_om,
                        XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
                        USE_DP4A: tl.constexpr, PREFETCH: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr, USE_PDL: tl.constexpr):
     """Int8 GEMV on int32 words (4 codes each, ``K4 = K / 4``): one dp4a per word, 16-byte loads.
 
     Rows past ``N`` / ``M`` are clamped on load (so whole K tiles load unmasked) and masked on store.
     ``PREFETCH`` (needs ``K4 >= BLOCK_K4``) issues the loads of the next K tile before multiplying the
     current one, doubling the bytes each thread keeps in flight (the last tile is loaded twice, from
-    cache). A masked tail tile covers ``K4 % BLOCK_K4``.
+    cache). A masked tail tile covers ``K4 % BLOCK_K4``. The first weight tile is loaded before
+    ``pdl_sync`` (weights do not depend on the previous kernel).
     """
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -146,6 +159,7 @@ def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_
     if PREFETCH:
         last = k_full - BLOCK_K4
         w = tl.load(w_ptrs)
+        pdl_sync(USE_PDL)
         x = tl.load(x_ptrs)
         for k0 in range(0, k_full, BLOCK_K4):
             nxt = tl.minimum(k0 + BLOCK_K4, last)
@@ -154,12 +168,19 @@ def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_
             acc = _dot4(w[None, :, :], x[:, None, :], acc, USE_DP4A)
             w = w_n
             x = x_n
+        k_tail = k_full
     else:
-        for k0 in range(0, k_full, BLOCK_K4):
+        k_ok = (rk < K4)[None, :]
+        w = tl.load(w_ptrs, mask=k_ok, other=0)
+        pdl_sync(USE_PDL)
+        x = tl.load(x_ptrs, mask=k_ok, other=0)
+        acc = _dot4(w[None, :, :], x[:, None, :], acc, USE_DP4A)
+        for k0 in range(BLOCK_K4, k_full, BLOCK_K4):
             w = tl.load(w_ptrs + k0)
             x = tl.load(x_ptrs + k0)
             acc = _dot4(w[None, :, :], x[:, None, :], acc, USE_DP4A)
-    for k0 in range(k_full, K4, BLOCK_K4):
+        k_tail = tl.maximum(k_full, BLOCK_K4)
+    for k0 in range(k_tail, K4, BLOCK_K4):
         k_ok = (k0 + rk) < K4
         w_t = tl.load(w_ptrs + k0, mask=k_ok[None, :], other=0)
         x_t = tl.load(x_ptrs + k0, mask=k_ok[None, :], other=0)
@@ -214,13 +235,13 @@ def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: di
     grid = (triton.cdiv(n, block_n),)
     if INT8_VARIANTS[variant] is None or not _words_ok(x, w):
         _int8_gemv_kernel[grid](x, w, out, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), **flags,
-                                BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+                                BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, **pdl_args(x))
         return
     dp4a, prefetch = INT8_VARIANTS[variant]
     block_k4 = max(1, block_k // 4)
     _int8_gemv4_kernel[grid](x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4, out.stride(0),
                              **flags, USE_DP4A=dp4a and not interpreting(), PREFETCH=prefetch and k >= block_k4 * 4,
-                             BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps)
+                             BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps, **pdl_args(x))
 
 
 def int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict) -> None:

@@ -35,6 +35,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
 from .int8_gemm import interpreting, num_sms
+from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -171,7 +172,8 @@ def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_mult, inv_
                            M, stride_xm, stride_om,
                            R: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, PR: tl.constexpr,
                            TM: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, COL_SPLIT: tl.constexpr,
-                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr):
+                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     HAS_R: tl.constexpr = R > 1
     q = tl.arange(0, TM)
     sub = q // R
@@ -297,7 +299,7 @@ def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = N
     _hadamard_quant_kernel[grid](
         x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
         R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-        INTERP=interpreting(), num_warps=warps, num_stages=stages or 1)
+        INTERP=interpreting(), num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
 
 
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:

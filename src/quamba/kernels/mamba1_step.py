@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_args, pdl_sync
 from ._small_common import check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg, silu, softplus
 from .qconv1d import _dequant_silu_quant
 
@@ -40,7 +41,7 @@ def _conv_xproj_kernel(x_ptr, s_ptr, cw_ptr, cb_ptr, w_ptr, u_ptr, acc_ptr, DIM,
                        s_xb, s_xd, s_sb, s_sd, s_sk, s_cd, s_ck, s_wr, s_wd, s_ub, s_ab,
                        QUANT: tl.constexpr, XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr,
                        US_M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                       BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, USE_PDL: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -49,13 +50,14 @@ def _conv_xproj_kernel(x_ptr, s_ptr, cw_ptr, cb_ptr, w_ptr, u_ptr, acc_ptr, DIM,
     md = offs_d < DIM
     mr = offs_r < NR
     w = tl.load(w_ptr + offs_r[:, None] * s_wr + offs_d[None, :] * s_wd, mask=mr[:, None] & md[None, :], other=0)
+    mk = md[:, None] & (offs_k < K)[None, :]
+    cw = tl.load(cw_ptr + offs_d[:, None] * s_cd + offs_k[None, :] * s_ck, mask=mk, other=0)
+    pdl_sync(USE_PDL)
 
     base = s_ptr + b * s_sb + offs_d[:, None] * s_sd
     xv = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=md, other=0).to(s_ptr.dtype.element_ty)
     shifted = tl.load(base + (offs_k + 1)[None, :] * s_sk, mask=md[:, None] & (offs_k + 1 < K)[None, :], other=0)
     shifted = tl.where((offs_k == K - 1)[None, :], xv[:, None], shifted)
-    mk = md[:, None] & (offs_k < K)[None, :]
-    cw = tl.load(cw_ptr + offs_d[:, None] * s_cd + offs_k[None, :] * s_ck, mask=mk, other=0)
     if QUANT:
         conv = tl.sum(shifted.to(tl.int32) * cw.to(tl.int32), axis=1)
     else:
@@ -95,7 +97,7 @@ def _dtproj_state_kernel(
         QUANT: tl.constexpr, SST_M: tl.constexpr, US_M: tl.constexpr, XWS_M: tl.constexpr,
         DBCS_M: tl.constexpr, DTWS_M: tl.constexpr, DTS_M: tl.constexpr, ZS_M: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, USE_PDL: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -106,9 +108,10 @@ def _dtproj_state_kernel(
     mr = offs_r < R
     m2 = md[:, None] & mn[None, :]
     wdt = tl.load(dtw_ptr + offs_d[:, None] * s_wd + offs_r[None, :] * s_wr, mask=md[:, None] & mr[None, :], other=0)
+    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
+    pdl_sync(USE_PDL)
     st_offs = b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(st_ptr + st_offs, mask=m2, other=0).to(tl.float32)
-    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
     x = tl.load(u_ptr + b * s_ub + offs_d * s_ud, mask=md, other=0).to(tl.float32)
 
     us = load_scale(us_ptr, us_val, 0, True, US_M)
@@ -191,7 +194,8 @@ def launch_conv_xproj(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Ten
         x, conv_state, conv_w, b_c, xproj_w, u, acc, d, nr, xs, xsv, ws, wsv, bs, bsv, us, usv,
         *x.stride(), *conv_state.stride(), *conv_w.stride(), *xproj_w.stride(), u.stride(0), acc.stride(0),
         QUANT=x.dtype == torch.int8, XS_M=xsm, WS_M=wsm, BS_M=bsm, US_M=usm, K=k, KP=pow2(k, 2),
-        HAS_BIAS=conv_b is not None, BLOCK_D=block_d, BLOCK_R=pow2(nr, 16), num_warps=num_warps)
+        HAS_BIAS=conv_b is not None, BLOCK_D=block_d, BLOCK_R=pow2(nr, 16), num_warps=num_warps,
+        **pdl_args(x))
 
 
 def conv_xproj_step(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None,
@@ -263,7 +267,7 @@ def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_
         *(z.stride() if z is not None else (0, 0)), y.stride(0),
         QUANT=state.dtype == torch.int8, SST_M=sstm, US_M=usm, XWS_M=xwsm, DBCS_M=dbcsm, DTWS_M=dtwsm,
         DTS_M=dtsm, ZS_M=zsm, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
-        BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps)
+        BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps, **pdl_args(u))
 
 
 def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ._small_common import check, load_scale, pow2, silu
+from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
 
@@ -30,7 +31,8 @@ def residual_sum(x_ptr, r_ptr, row, sx, sr, offs, m, HAS_RES: tl.constexpr):
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, D, sx, sr, sy, sro, eps,
                          HAS_RES: tl.constexpr, HAS_W: tl.constexpr, STORE_RES: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < D
@@ -48,7 +50,8 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, D, sx, sr, sy, sro,
 @triton.jit
 def _gated_rms_norm_kernel(x_ptr, z_ptr, w_ptr, y_ptr, zs_ptr, zs_val, G, sx, sz, sy, eps,
                            HAS_Z: tl.constexpr, Z_INT8: tl.constexpr, ZS_MODE: tl.constexpr,
-                           HAS_W: tl.constexpr, ROUND_MID: tl.constexpr, BLOCK: tl.constexpr):
+                           HAS_W: tl.constexpr, ROUND_MID: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
@@ -101,7 +104,7 @@ def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps:
     _add_rms_norm_kernel[(rows,)](
         x2, r2, weight, y, res if store_res else None, d, x2.stride(0), r2.stride(0) if r2 is not None else 0,
         d, d, float(eps), HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res,
-        BLOCK=block, num_warps=norm_warps(block))
+        BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y, res
 
 
@@ -122,7 +125,7 @@ def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float,
     _gated_rms_norm_kernel[(rows, d // group_size)](
         x2, z2, weight, y, zs, zs_val, group_size, x2.stride(0), z2.stride(0) if z2 is not None else 0, d,
         float(eps), HAS_Z=z is not None, Z_INT8=z is not None and z.dtype == torch.int8, ZS_MODE=zs_mode,
-        HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block))
+        HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y
 
 

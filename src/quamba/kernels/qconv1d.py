@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_args, pdl_sync
 from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg, silu
 from .conv1d import update_block
 
@@ -64,7 +65,8 @@ def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
                          xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
                          sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
                          XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
-                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -151,5 +153,5 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
         x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         w_q.stride(0), w_q.stride(1), y.stride(0),
         XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-        BLOCK_D=block_d, num_warps=warps)
+        BLOCK_D=block_d, num_warps=warps, **pdl_args(x_q))
     return y

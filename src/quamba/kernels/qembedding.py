@@ -10,13 +10,15 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _qembedding_kernel(ids_ptr, w_ptr, s_ptr, out_ptr, V, D, stride_ids, stride_w, stride_s, BLOCK_D: tl.constexpr):
+def _qembedding_kernel(ids_ptr, w_ptr, s_ptr, out_ptr, V, D, stride_ids, stride_w, stride_s, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     tok = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs < D
@@ -50,5 +52,5 @@ def qembedding(ids: Tensor, w_q: Tensor, row_scales: Tensor, out_dtype: torch.dt
     if flat.numel() and d:
         block = min(triton.next_power_of_2(d), 1024)
         _qembedding_kernel[(flat.numel(), triton.cdiv(d, block))](
-            flat, w, scales, out, v, d, flat.stride(0), w.stride(0), scales.stride(0), BLOCK_D=block, num_warps=4)
+            flat, w, scales, out, v, d, flat.stride(0), w.stride(0), scales.stride(0), BLOCK_D=block, num_warps=4, **pdl_args(w_q))
     return out.reshape(*ids.shape, d)

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg
 from .norm import launch_gated, norm_warps, residual_sum, rows_of
+from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -20,7 +21,8 @@ Scale = float | Tensor
 @triton.jit
 def _qadd_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, os_ptr, os_val, D, sx, sr, sy, sro, eps,
                           HAS_RES: tl.constexpr, HAS_W: tl.constexpr, STORE_RES: tl.constexpr,
-                          OS_M: tl.constexpr, BLOCK: tl.constexpr):
+                          OS_M: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < D
@@ -56,7 +58,7 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
         x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
         r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
         HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,
-        BLOCK=block, num_warps=norm_warps(block))
+        BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y, res
 
 

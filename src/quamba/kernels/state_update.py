@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ._small_common import check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu, softplus
+from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
 _NO_LIMIT = (0.0, float("inf"))
@@ -36,7 +37,7 @@ def _selective_update_kernel(
         QUANT: tl.constexpr, SST_M: tl.constexpr, XS_M: tl.constexpr, DTS_M: tl.constexpr,
         BS_M: tl.constexpr, CS_M: tl.constexpr, ZS_M: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -44,6 +45,8 @@ def _selective_update_kernel(
     md = offs_d < DIM
     mn = offs_n < N
     m2 = md[:, None] & mn[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
+    pdl_sync(USE_PDL)
     st_offs = b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)
     x = _deq(x_ptr, b * s_xb + offs_d * s_xd, md, xs_ptr, xs_val, QUANT, XS_M)
@@ -52,7 +55,6 @@ def _selective_update_kernel(
         dt += tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = softplus(dt)
-    A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
     Bv = _deq(B_ptr, b * s_bb + offs_n * s_bn, mn, Bs_ptr, Bs_val, QUANT, BS_M)
     Cv = _deq(C_ptr, b * s_cb + offs_n * s_cn, mn, Cs_ptr, Cs_val, QUANT, CS_M)
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv[None, :]
@@ -78,7 +80,7 @@ def _ssd_update_kernel(
         QUANT: tl.constexpr, SST_M: tl.constexpr, XS_M: tl.constexpr, DTS_M: tl.constexpr,
         BS_M: tl.constexpr, CS_M: tl.constexpr,
         HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     pid_p = tl.program_id(0)
     hd = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -88,6 +90,7 @@ def _ssd_update_kernel(
     mp = offs_p < P
     mn = offs_n < N
     m2 = mp[:, None] & mn[None, :]
+    pdl_sync(USE_PDL)
     st_offs = b * s_sb + hd * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
     h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)
     x = _deq(x_ptr, b * s_xb + hd * s_xh + offs_p * s_xp, mp, xs_ptr, xs_val, QUANT, XS_M)
@@ -158,7 +161,7 @@ def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, sca
         y.stride(0),
         QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm, ZS_M=zsm,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps, **pdl_args(x))
     return y
 
 
@@ -219,7 +222,8 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), y.stride(0), y.stride(1),
         QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm,
         HAS_D=D is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        HAS_LIMIT=(lo, hi) != _NO_LIMIT, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+        HAS_LIMIT=(lo, hi) != _NO_LIMIT, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
+        **pdl_args(x))
     return y
 
 

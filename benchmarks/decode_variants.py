@@ -1,0 +1,90 @@
+"""Decode and prefill under launch variants: PDL on/off, with the same model and prompt.
+
+For each precision: TPOT of a CUDA-graph decoder captured with ``QUAMBA_PDL=0`` and with PDL, the
+greedy tokens of both (must agree), the eager prefill's wall time against its summed GPU kernel
+time, and (``--cprofile``) where the prefill's host time goes.
+Usage: PYTHONPATH=src python benchmarks/decode_variants.py --shape mamba-2.8b --precision fp16,w8a8 --json
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+
+import torch
+
+from quamba.bench import cuda_time_ms
+from quamba.cli.bench import build_model
+from quamba.graphs import GraphDecoder
+
+
+def greedy(dec: GraphDecoder, prompt: torch.Tensor, n: int) -> list[int]:
+    logits = dec.prefill(prompt)
+    out = []
+    for _ in range(n):
+        tok = logits.argmax(-1)
+        out.append(int(tok[0]))
+        logits = dec.step(tok)
+    return out
+
+
+def host_profile(fn, rows: int) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(rows)
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="mamba-2.8b")
+    ap.add_argument("--precision", default="fp16,w8a8")
+    ap.add_argument("--prompt-len", type=int, default=1024)
+    ap.add_argument("--cprofile", type=int, default=0, help="rows of the prefill host profile (0: none)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    report = {"shape": args.shape}
+    for prec in args.precision.split(","):
+        model = build_model(None, args.shape, prec)
+        vocab = model.config.tokenizer_vocab_size
+        g = torch.Generator(device="cuda").manual_seed(0)
+        prompt = torch.randint(0, vocab, (1, args.prompt_len), device="cuda", generator=g)
+        nxt = torch.randint(0, vocab, (1,), device="cuda", generator=g)
+        row = {}
+        tokens = {}
+        for pdl in ("0", "1"):
+            os.environ["QUAMBA_PDL"] = pdl
+            dec = GraphDecoder(model, 1)
+            row[f"ttft_ms_pdl{pdl}"] = cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=5)
+            dec.prefill(prompt)
+            row[f"tpot_ms_pdl{pdl}"] = cuda_time_ms(lambda: dec.step(nxt), warmup=5, repeats=60)
+            tokens[pdl] = greedy(dec, prompt[:, :64], 24)
+            del dec
+            torch.cuda.empty_cache()
+        row["tokens_agree"] = tokens["0"] == tokens["1"]
+        if args.cprofile:
+            cache = model.allocate_cache(1)
+            with torch.inference_mode():
+                row["prefill_host_profile"] = host_profile(lambda: model(prompt, cache, last_only=True),
+                                                           args.cprofile)
+        report[prec] = row
+        print(f"== {args.shape} {prec}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in row.items() if k != "prefill_host_profile"),
+              flush=True)
+        if "prefill_host_profile" in row and not args.json:
+            print(row["prefill_host_profile"])
+        del model
+        torch.cuda.empty_cache()
+    if args.json:
+        print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Programmatic dependent launch (PDL, Hopper and newer) for the decode kernels.
+
+A decode step is a chain of short kernels; between two of them the GPU normally drains the first
+grid, then launches, ramps up and starts loading for the second. Launched with PDL, the next grid's
+programs start as soon as every program of the current one has begun (``launch_dependents``), fill
+the SMs that its last wave leaves idle, load what does not depend on the previous kernel (weights)
+and block in ``wait`` until the previous grid has finished and its writes are visible. Every kernel
+launched this way calls ``pdl_sync`` before its first read of an activation or its first write, so
+the chain keeps stream order for every tensor that the kernels share.
+
+``pdl_args(t)`` gives the launch keywords: PDL on CUDA devices of compute capability >= 9 when
+Triton has the grid-dependency intrinsics, off under the interpreter, on the CPU and when the
+environment sets ``QUAMBA_PDL=0``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # Triton without grid-dependency control
+    gdc_launch_dependents = gdc_wait = None
+
+_OFF = {"USE_PDL": False}
+_ON = {"USE_PDL": True, "launch_pdl": True}
+
+
+@triton.jit
+def pdl_sync(USE_PDL: tl.constexpr):
+    """Wait for the previous grid (its writes visible), then let the next grid's programs launch."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@functools.lru_cache(maxsize=None)
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL."""
+    if device.type != "cuda" or gdc_wait is None or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    if os.environ.get("QUAMBA_PDL", "1") == "0":
+        return False
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pdl_args(t: torch.Tensor) -> dict:
+    """Launch keywords for a PDL-aware kernel whose tensors live where ``t`` does."""
+    return _ON if pdl_enabled(t.device) else _OFF
