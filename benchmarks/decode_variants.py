@@ -1,8 +1,7 @@
-"""Decode and prefill under launch variants: PDL on/off, with the same model and prompt.
+"""Decode and prefill under launch variants: without and with PDL.
 
-For each precision: TPOT of a CUDA-graph decoder captured with ``QUAMBA_PDL=0`` and with PDL, the
-greedy tokens of both (must agree), the eager prefill's wall time against its summed GPU kernel
-time, and (``--cprofile``) where the prefill's host time goes.
+For each precision: TPOT of a CUDA-graph decoder captured under each variant, the greedy tokens of
+all (must agree), the eager prefill's wall time, and (``--cprofile``) where the prefill's host time goes.
 Usage: PYTHONPATH=src python benchmarks/decode_variants.py --shape mamba-2.8b --precision fp16,w8a8 --json
 """
 from __future__ import annotations
@@ -19,6 +18,9 @@ import torch
 from quamba.bench import cuda_time_ms
 from quamba.cli.bench import build_model
 from quamba.graphs import GraphDecoder
+
+
+VARIANTS = {"plain": {"QUAMBA_PDL": "0"}, "pdl": {"QUAMBA_PDL": "1"}}
 
 
 def greedy(dec: GraphDecoder, prompt: torch.Tensor, n: int) -> list[int]:
@@ -59,16 +61,16 @@ def main() -> None:
         nxt = torch.randint(0, vocab, (1,), device="cuda", generator=g)
         row = {}
         tokens = {}
-        for pdl in ("0", "1"):
-            os.environ["QUAMBA_PDL"] = pdl
+        for name, env in VARIANTS.items():
+            os.environ.update(env)
             dec = GraphDecoder(model, 1)
-            row[f"ttft_ms_pdl{pdl}"] = cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=5)
+            row[f"ttft_ms_{name}"] = cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=5)
             dec.prefill(prompt)
-            row[f"tpot_ms_pdl{pdl}"] = cuda_time_ms(lambda: dec.step(nxt), warmup=5, repeats=60)
-            tokens[pdl] = greedy(dec, prompt[:, :64], 24)
+            row[f"tpot_ms_{name}"] = cuda_time_ms(lambda: dec.step(nxt), warmup=5, repeats=60)
+            tokens[name] = greedy(dec, prompt[:, :64], 24)
             del dec
             torch.cuda.empty_cache()
-        row["tokens_agree"] = tokens["0"] == tokens["1"]
+        row["tokens_agree"] = all(t == tokens["plain"] for t in tokens.values())
         if args.cprofile:
             cache = model.allocate_cache(1)
             with torch.inference_mode():

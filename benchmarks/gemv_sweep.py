@@ -69,7 +69,8 @@ def sweep_fp16(n: int, k: int, m: int) -> dict:
             return None
         return [lambda w=w: _gemv_kernel[(triton.cdiv(n, bn),)](
             x, w, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), HAS_BIAS=False,
-            BLOCK_M=max(1, triton.next_power_of_2(m)), BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, **pdl_args(x))
+            BLOCK_M=max(1, triton.next_power_of_2(m)), BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
+            **pdl_args(x))
             for w in ws]
 
     best = best_of(FP16, make)

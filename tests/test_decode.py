@@ -81,3 +81,17 @@ def test_shared_model_prefill_then_decode(name, shared_dir):
     cache = model.allocate_cache(3)
     got = torch.cat([model(ids[:, :7], cache), decode(model, ids[:, 7:], cache)], dim=1)
     assert_close(got, want)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_model_made_under_inference_mode(arch, seed):
+    """Parameters created in inference mode track no version; the derived-parameter caches cope."""
+    ids = torch.randint(0, 89, (2, 11))
+    ref = init_random_weights(MambaLM(MambaConfig(**CONFIGS[arch])), seed=seed).eval()
+    with torch.no_grad():
+        want = ref(ids)
+    with torch.inference_mode():
+        m = init_random_weights(MambaLM(MambaConfig(**CONFIGS[arch])), seed=seed).eval()
+        cache = m.allocate_cache(2)
+        got = torch.cat([m(ids[:, :6], cache), decode(m, ids[:, 6:], cache)], dim=1)
+    assert_close(got, want)

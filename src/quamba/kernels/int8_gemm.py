@@ -145,6 +145,10 @@ def _prune_gemm(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
+# (M bucket, N, K, K % 128 == 0, device) -> the autotuner's choice: later calls launch it directly and
+# skip the autotuner's per-call Python (~30 us of host time per prefill GEMM).
+_TUNED: dict[tuple, dict] = {}
+
 _gemm_tuned = triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "EVEN_K"],
                               prune_configs_by={"early_config_prune": _prune_gemm})(_gemm_kernel)
 
@@ -296,9 +300,15 @@ def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None
     if config is None and interpreting():
         config = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_stages=1, num_warps=4)
     if config is None:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        _gemm_tuned[grid](*args, EVEN_K=k % 128 == 0, **flags)
-        return
+        key = (args[-1], n, k, k % 128 == 0, x.device)
+        config = _TUNED.get(key)
+        if config is None:
+            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+            _gemm_tuned[grid](*args, EVEN_K=k % 128 == 0, **flags)
+            best = getattr(_gemm_tuned, "best_config", None)
+            if best is not None:
+                _TUNED[key] = dict(best.kwargs, num_stages=best.num_stages, num_warps=best.num_warps)
+            return
     grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
     _gemm_kernel[grid](*args, EVEN_K=k % config["BLOCK_K"] == 0, **flags, **config)
 

@@ -8,9 +8,10 @@ and block in ``wait`` until the previous grid has finished and its writes are vi
 launched this way calls ``pdl_sync`` before its first read of an activation or its first write, so
 the chain keeps stream order for every tensor that the kernels share.
 
-``pdl_args(t)`` gives the launch keywords: PDL on CUDA devices of compute capability >= 9 when
-Triton has the grid-dependency intrinsics, off under the interpreter, on the CPU and when the
-environment sets ``QUAMBA_PDL=0``.
+``pdl_args(t)`` gives the launch keywords: PDL while a CUDA graph is being captured (the decode
+step) on devices of compute capability >= 9 when Triton has the grid-dependency intrinsics; off
+for eager launches (long prefill kernels, or launch-bound eager decode: nothing to overlap), under
+the interpreter, on the CPU and when the environment sets ``QUAMBA_PDL=0``.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def _capable(index: int) -> bool:
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on ``device`` launch with PDL."""
-    if device.type != "cuda" or gdc_wait is None or os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type != "cuda" or gdc_wait is None or not torch.cuda.is_current_stream_capturing():
         return False
-    if os.environ.get("QUAMBA_PDL", "1") == "0":
+    if os.environ.get("QUAMBA_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 

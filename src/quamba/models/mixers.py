@@ -12,6 +12,7 @@ import torch.nn as nn
 from .. import ops
 from ..config import MambaConfig
 from .cache import LayerState
+from .stamp import tensor_stamp
 
 
 class Linear(nn.Linear):
@@ -24,7 +25,7 @@ class Linear(nn.Linear):
 def _negative_exp(mixer: nn.Module) -> torch.Tensor:
     """``A = -exp(A_log)`` in fp32, recomputed only when ``A_log`` changes (saves launches per step)."""
     p = mixer.A_log
-    key = (p.data_ptr(), p.dtype, p.device, p._version)
+    key = tensor_stamp(p)
     cached = getattr(mixer, "_A_cache", None)
     if cached is None or cached[0] != key:
         cached = (key, -torch.exp(p.detach().float()))

@@ -93,8 +93,9 @@ def kernel_for(name: str, x: torch.Tensor) -> Callable | None:
     """The Triton implementation of ``name`` to use for tensor ``x``, or None for the reference."""
     if _backend == "torch" or name not in TRITON_KERNELS:
         return None
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if not (x.is_cuda or (interpret and _backend == "triton")) or not triton_available():
+    if not (x.is_cuda or (_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")):
+        return None
+    if not triton_available():
         return None
     return _load(TRITON_KERNELS[name])
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from ..models.stamp import tensor_stamp
 
 Tensor = torch.Tensor
 
@@ -46,7 +47,7 @@ class QModule(nn.Module):
     def derived(self, key: str, compute, *deps: Tensor):
         """``compute()`` cached until a tensor in ``deps`` or a scale changes (decode steps would
         otherwise re-run the dequantize/exp launches of constant parameters every token)."""
-        stamp = tuple((t.data_ptr(), t._version, t.device) for t in deps) + tuple(sorted(self._floats.items()))
+        stamp = tuple(tensor_stamp(t) for t in deps) + tuple(sorted(self._floats.items()))
         cache = self.__dict__.setdefault("_derived", {})
         hit = cache.get(key)
         if hit is None or hit[0] != stamp:
