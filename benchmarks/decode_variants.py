@@ -12,6 +12,8 @@ import io
 import json
 import os
 import pstats
+import statistics
+import time
 
 import torch
 
@@ -31,6 +33,27 @@ def greedy(dec: GraphDecoder, prompt: torch.Tensor, n: int) -> list[int]:
         out.append(int(tok[0]))
         logits = dec.step(tok)
     return out
+
+
+@torch.inference_mode()
+def host_and_gpu_ms(model, prompt: torch.Tensor, reps: int = 5) -> tuple[float, float]:
+    """Median host time to issue one eager prefill (no sync inside) and the summed GPU kernel time
+    of one prefill (torch.profiler): host > GPU means the prefill is launch-bound."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = model.allocate_cache(prompt.shape[0])
+    host = []
+    for _ in range(reps + 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(prompt, cache, last_only=True)
+        host.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(prompt, cache, last_only=True)
+        torch.cuda.synchronize()
+    gpu = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages()) / 1e3
+    return statistics.median(host[1:]), gpu
 
 
 def host_profile(fn, rows: int) -> str:
@@ -71,6 +94,7 @@ def main() -> None:
             del dec
             torch.cuda.empty_cache()
         row["tokens_agree"] = all(t == tokens["plain"] for t in tokens.values())
+        row["prefill_host_ms"], row["prefill_gpu_busy_ms"] = host_and_gpu_ms(model, prompt)
         if args.cprofile:
             cache = model.allocate_cache(1)
             with torch.inference_mode():

@@ -110,6 +110,32 @@ def test_fp_explicit_plans_ragged_blocks(plan):
     assert rel_err(y, y_r) < 2e-3 and rel_err(ssm, ssm_r) < 1e-5
 
 
+@pytest.mark.parametrize("b", [1, 3])
+def test_fp_recycled_accumulator(b):
+    """With ``acc`` and ``done`` the steps add into one accumulator that the second kernel zeroes
+    (last program of each row), steps after steps; results equal fresh-accumulator steps."""
+    d, k, r, n = 80, 4, 5, 8
+    p = fp_weights(d, k, r, n, torch.float32, "bias D z")
+    acc = torch.zeros(b, r + 2 * n, device=DEV)
+    done = torch.zeros(b, device=DEV, dtype=torch.int32)
+    conv, ssm = rnd(b, d, k), rnd(b, d, n)
+    conv_r, ssm_r = conv.clone(), ssm.clone()
+    for _ in range(STEPS):
+        x, z = segment(b, d), rnd(b, d)
+        u, dbc = K.conv_xproj_step(x, conv, p["conv_w"], p["conv_b"], p["xproj_w"], acc)
+        assert dbc.data_ptr() == acc.data_ptr()
+        u_r, dbc_r = FR.conv_xproj_step(x, conv_r, p["conv_w"], p["conv_b"], p["xproj_w"])
+        assert rel_err(dbc, dbc_r) < 1e-5
+        y = K.dtproj_state_step(ssm, u, dbc, p["dt_w"], p["dt_bias"], p["A"], p["D"], z, done)
+        y_r = FR.dtproj_state_step(ssm_r, u_r, dbc_r, p["dt_w"], p["dt_bias"], p["A"], p["D"], z)
+        assert rel_err(y, y_r) < 1e-5 and rel_err(ssm, ssm_r) < 1e-5
+        assert not acc.any() and not done.any()
+    acc2, done2 = torch.zeros_like(acc), torch.zeros_like(done)
+    u, dbc = FR.conv_xproj_step(segment(b, d), conv_r, p["conv_w"], p["conv_b"], p["xproj_w"], acc2)
+    FR.dtproj_state_step(ssm_r, u, dbc, p["dt_w"], p["dt_bias"], p["A"], p["D"], None, done2)
+    assert not acc2.any() and not done2.any()
+
+
 # ---------------------------------------------------------------- int8
 
 def q_weights(d, k, r, n, opts, scales):
@@ -171,6 +197,26 @@ def test_int8_steps(b, d, k, r, n, opts, scales):
         torch.testing.assert_close(y.float(), y_r.float(), rtol=2e-3, atol=1e-3 * y_r.float().abs().max().item())
         assert_int8_close(ssm_k, ssm_r)
         ssm_k.copy_(ssm_r)  # the next step starts from the same state: y is compared element by element
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_int8_recycled_accumulator(b):
+    """Recycled int32 accumulator: same codes as a fresh one, zeroed after each step."""
+    d, k, r, n = 96, 4, 7, 8
+    p = q_weights(d, k, r, n, "bias D z", "float")
+    acc = torch.zeros(b, r + 2 * n, device=DEV, dtype=torch.int32)
+    done = torch.zeros(b, device=DEV, dtype=torch.int32)
+    conv, ssm = q8(b, d, k), q8(b, d, n)
+    ssm_r = ssm.clone()
+    for _ in range(STEPS):
+        x, z = q8(b, d), q8(b, d)
+        u, a = K.qconv_xproj_step(x, conv, *conv_args(p), acc)
+        fresh = Q.int_matmul(u, p["xproj_w"])
+        assert a.data_ptr() == acc.data_ptr() and torch.equal(a, fresh)
+        y = K.qdtproj_state_step(ssm, *state_args(p, u, a, z), done=done)
+        y_r = K.qdtproj_state_step(ssm_r, *state_args(p, u, fresh, z))
+        assert torch.equal(y, y_r) and torch.equal(ssm, ssm_r)
+        assert not acc.any() and not done.any()
 
 
 def test_int8_requantization_points_are_exact():

@@ -69,6 +69,9 @@ def _stack_states(states: list, batch_sizes: list[int]):
     """Concatenate the batch rows of one layer's states; tensors without a batch dim must agree."""
     out = copy.copy(states[0])
     for name, first in _state_fields(states[0]).items():
+        if isinstance(first, tuple):  # per-row decode scratch (LayerState.work)
+            setattr(out, name, tuple(torch.cat([getattr(s, name)[j] for s in states]) for j in range(len(first))))
+            continue
         if not isinstance(first, Tensor):
             continue
         values = [getattr(s, name) for s in states]

@@ -11,7 +11,9 @@ dt_proj GEMV, selective state update) that together move only ~2.5 MB. Fused:
   overlaps the conv.
 - ``dtproj_state_step``: a grid over channel blocks. Each program computes the dt of its channels
   from the R-vector at the head of ``dbc`` (its ``dt_w`` rows are contiguous), then runs the
-  selective state update for those channels with B and C from ``dbc``.
+  selective state update for those channels with B and C from ``dbc``. Given the counter ``done``,
+  each program counts itself in after its last read of ``dbc`` (acquire-release atomic); the last
+  one zeroes ``dbc`` and the counter, so the decoder's recycled accumulator needs no memset.
 
 The int8 twins follow ``quamba.qmodules.mamba1``: int8 conv (int32 taps) -> int8 ``u``; x_proj
 int32 accumulator; every program of the second kernel requantizes the accumulator exactly as
@@ -89,14 +91,14 @@ def _dbc_part(dbc_ptr, row, offs, mask, s_cr, us, xws_ptr, xws_val, dbcs, QUANT:
 
 @triton.jit
 def _dtproj_state_kernel(
-        st_ptr, u_ptr, dbc_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, z_ptr, y_ptr,
+        st_ptr, u_ptr, dbc_ptr, dtw_ptr, dtb_ptr, A_ptr, D_ptr, z_ptr, y_ptr, done_ptr,
         sst_ptr, sst_val, us_ptr, us_val, xws_ptr, xws_val, dbcs_ptr, dbcs_val, dtws_ptr, dtws_val,
         dts_ptr, dts_val, zs_ptr, zs_val,
         DIM, N, R,
         s_sb, s_sd, s_sn, s_ub, s_ud, s_cb, s_cr, s_wd, s_wr, s_ad, s_an, s_zb, s_zd, s_yb,
         QUANT: tl.constexpr, SST_M: tl.constexpr, US_M: tl.constexpr, XWS_M: tl.constexpr,
         DBCS_M: tl.constexpr, DTWS_M: tl.constexpr, DTS_M: tl.constexpr, ZS_M: tl.constexpr,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, RECYCLE: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, USE_PDL: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -150,6 +152,13 @@ def _dtproj_state_kernel(
             zv = zv * load_scale(zs_ptr, zs_val, 0, True, ZS_M)
         y *= silu(zv)
     tl.store(y_ptr + b * s_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=md)
+    if RECYCLE:
+        tl.debug_barrier()
+        if tl.atomic_add(done_ptr + b, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+            zero = tl.zeros([BLOCK_R], dtype=dbc_ptr.dtype.element_ty)
+            for c0 in range(0, R + 2 * N, BLOCK_R):
+                tl.store(dbc_ptr + row + (c0 + offs_r) * s_cr, zero, mask=c0 + offs_r < R + 2 * N)
+            tl.store(done_ptr + b, 0)
 
 
 def conv_xproj_plan(dim: int, nr: int, bsz: int) -> tuple[int, int]:
@@ -198,13 +207,27 @@ def launch_conv_xproj(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Ten
         **pdl_args(x))
 
 
+def _acc(acc: Tensor | None, bsz: int, nr: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if acc is None:
+        return torch.zeros((bsz, nr), device=device, dtype=dtype)
+    check(tuple(acc.shape) == (bsz, nr) and acc.dtype == dtype and acc.is_contiguous(),
+          f"acc must be a contiguous {dtype} [{bsz}, {nr}] tensor, got {acc.dtype} {tuple(acc.shape)}")
+    return acc
+
+
+def _done(done: Tensor | None, bsz: int) -> Tensor | None:
+    check(done is None or (done.dtype == torch.int32 and done.numel() == bsz),
+          f"done must be an int32 counter of {bsz} entries")
+    return done
+
+
 def conv_xproj_step(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None,
-                    xproj_w: Tensor) -> tuple[Tensor, Tensor]:
+                    xproj_w: Tensor, acc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Conv update + SiLU + x_proj in one launch; see ``fused_reference.conv_xproj_step``."""
     _check_conv(x, conv_state, conv_w, conv_b, xproj_w)
     bsz, d = x.shape
     u = torch.empty((bsz, d), device=x.device, dtype=x.dtype)
-    dbc = torch.zeros((bsz, xproj_w.shape[0]), device=x.device, dtype=torch.float32)
+    dbc = _acc(acc, bsz, xproj_w.shape[0], torch.float32, x.device)
     if u.numel():
         launch_conv_xproj(x, conv_state, conv_w, conv_b, xproj_w, u, dbc, (_NO_SCALE,) * 4,
                           *conv_xproj_plan(d, xproj_w.shape[0], bsz))
@@ -213,7 +236,7 @@ def conv_xproj_step(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tenso
 
 def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: Tensor, conv_w_scale: Scale,
                      conv_b_q: Tensor | None, conv_b_scale: Scale, u_scale: Scale,
-                     xproj_w_q: Tensor) -> tuple[Tensor, Tensor]:
+                     xproj_w_q: Tensor, acc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Int8 conv update + SiLU + x_proj accumulator in one launch; see ``fused_reference.qconv_xproj_step``."""
     _check_conv(x_q, conv_state, conv_w_q, conv_b_q, xproj_w_q)
     for t in (x_q, conv_state, conv_w_q, conv_b_q, xproj_w_q):
@@ -223,7 +246,7 @@ def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: 
               scale_arg(conv_b_scale if conv_b_q is not None else None, d, "conv_b_scale"),
               scale_arg(u_scale, d, "u_scale"))
     u = torch.empty((bsz, d), device=x_q.device, dtype=torch.int8)
-    acc = torch.zeros((bsz, xproj_w_q.shape[0]), device=x_q.device, dtype=torch.int32)
+    acc = _acc(acc, bsz, xproj_w_q.shape[0], torch.int32, x_q.device)
     if u.numel():
         launch_conv_xproj(x_q, conv_state, conv_w_q, conv_b_q, xproj_w_q, u, acc, scales,
                           *conv_xproj_plan(d, xproj_w_q.shape[0], bsz))
@@ -253,25 +276,25 @@ def _check_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, A: Tensor,
 
 def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,
                         D: Tensor | None, z: Tensor | None, y: Tensor, scales: tuple, block_d: int,
-                        num_warps: int) -> None:
-    """Run the second fused kernel into ``y`` with an explicit plan."""
+                        num_warps: int, done: Tensor | None = None) -> None:
+    """Run the second fused kernel into ``y`` with an explicit plan (``done``: recycle ``dbc``)."""
     bsz, d = u.shape
     n, r = state.shape[2], dt_w.shape[1]
     D_, dtb = _vec(D, d, "D"), _vec(dt_bias, d, "dt_bias")
     (sst, sstv, sstm), (us, usv, usm), (xws, xwsv, xwsm), (dbcs, dbcsv, dbcsm), (dtws, dtwsv, dtwsm), \
         (dts, dtsv, dtsm), (zs, zsv, zsm) = scales
     _dtproj_state_kernel[(triton.cdiv(d, block_d), bsz)](
-        state, u, dbc, dt_w, dtb, A, D_, z, y,
+        state, u, dbc, dt_w, dtb, A, D_, z, y, done,
         sst, sstv, us, usv, xws, xwsv, dbcs, dbcsv, dtws, dtwsv, dts, dtsv, zs, zsv,
         d, n, r, *state.stride(), *u.stride(), *dbc.stride(), *dt_w.stride(), *A.stride(),
         *(z.stride() if z is not None else (0, 0)), y.stride(0),
         QUANT=state.dtype == torch.int8, SST_M=sstm, US_M=usm, XWS_M=xwsm, DBCS_M=dbcsm, DTWS_M=dtwsm,
         DTS_M=dtsm, ZS_M=zsm, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
-        BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps, **pdl_args(u))
+        RECYCLE=done is not None, BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps, **pdl_args(u))
 
 
 def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,
-                      D: Tensor | None, z: Tensor | None) -> Tensor:
+                      D: Tensor | None, z: Tensor | None, done: Tensor | None = None) -> Tensor:
     """dt_proj + softplus + selective state update in one launch; see ``fused_reference.dtproj_state_step``."""
     _check_state(state, u, dbc, dt_w, A, z)
     check(state.dtype != torch.int8, "dtproj_state_step takes a float state; use qdtproj_state_step for int8")
@@ -279,14 +302,14 @@ def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bi
     y = torch.empty((bsz, d), device=u.device, dtype=u.dtype)
     if y.numel() and state.shape[2]:
         launch_dtproj_state(state, u, dbc, dt_w, dt_bias, A, D, z, y, (_NO_SCALE,) * 7,
-                            *dtproj_state_plan(d, state.shape[2], dt_w.shape[1], bsz))
+                            *dtproj_state_plan(d, state.shape[2], dt_w.shape[1], bsz), _done(done, bsz))
     return y
 
 
 def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: Scale, acc: Tensor,
                        xproj_w_scale: Scale, dbc_scale: Scale, dt_w_q: Tensor, dt_w_scale: Scale, dt_scale: Scale,
                        A: Tensor, D: Tensor | None, z_q: Tensor | None, z_scale: Scale, dt_bias: Tensor | None,
-                       out_dtype: torch.dtype = torch.float16) -> Tensor:
+                       out_dtype: torch.dtype = torch.float16, done: Tensor | None = None) -> Tensor:
     """Int8 dt_proj + int8 state update in one launch; see ``fused_reference.qdtproj_state_step``."""
     _check_state(state, u_q, acc, dt_w_q, A, z_q)
     for t in (state, u_q, dt_w_q, z_q):
@@ -300,5 +323,5 @@ def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: 
     y = torch.empty((bsz, d), device=u_q.device, dtype=out_dtype)
     if y.numel() and state.shape[2]:
         launch_dtproj_state(state, u_q, acc, dt_w_q, dt_bias, A, D, z_q, y, scales,
-                            *dtproj_state_plan(d, state.shape[2], dt_w_q.shape[1], bsz))
+                            *dtproj_state_plan(d, state.shape[2], dt_w_q.shape[1], bsz), _done(done, bsz))
     return y

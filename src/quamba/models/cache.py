@@ -8,10 +8,15 @@ import torch
 
 @dataclass
 class LayerState:
-    """``conv`` holds the last ``d_conv`` conv inputs ``[B, C, K]``; ``ssm`` the recurrent state."""
+    """``conv`` holds the last ``d_conv`` conv inputs ``[B, C, K]``; ``ssm`` the recurrent state.
+
+    ``work`` is decode scratch a mixer may keep between steps (Mamba1: the x_proj accumulator and
+    its counter, recycled by the fused decode step); it holds zeros between steps.
+    """
 
     conv: torch.Tensor
     ssm: torch.Tensor
+    work: tuple[torch.Tensor, ...] = ()
 
 
 class InferenceCache:
@@ -26,6 +31,8 @@ class InferenceCache:
         for s in self.layers:
             s.conv.zero_()
             s.ssm.zero_()
+            for w in s.work:
+                w.zero_()
         self.seqlen_offset = 0
 
     def nbytes(self) -> int:

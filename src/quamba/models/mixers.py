@@ -33,6 +33,12 @@ def _negative_exp(mixer: nn.Module) -> torch.Tensor:
     return cached[1]
 
 
+def decode_work(cfg: MambaConfig, batch: int, device, acc_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed x_proj accumulator ``[B, R + 2N]`` and int32 counter ``[B]`` of the fused Mamba1 decode step."""
+    return (torch.zeros(batch, cfg.dt_rank + 2 * cfg.d_state, device=device, dtype=acc_dtype),
+            torch.zeros(batch, device=device, dtype=torch.int32))
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, cfg: MambaConfig):
         super().__init__()
@@ -49,7 +55,8 @@ class Mamba1Mixer(nn.Module):
     def allocate_state(self, batch: int, device, dtype) -> LayerState:
         c = self.cfg
         return LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv, device=device, dtype=dtype),
-                          ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.float32))
+                          ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.float32),
+                          work=decode_work(c, batch, device, torch.float32))
 
     def _ssm_params(self, x: torch.Tensor):
         c = self.cfg
@@ -60,9 +67,10 @@ class Mamba1Mixer(nn.Module):
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight[:, 0]
         if state is not None and h.shape[1] == 1:
-            u, dbc = ops.conv_xproj_step(x[:, 0], state.conv, w, self.conv1d.bias, self.x_proj.weight)
+            acc, done = state.work
+            u, dbc = ops.conv_xproj_step(x[:, 0], state.conv, w, self.conv1d.bias, self.x_proj.weight, acc)
             y = ops.dtproj_state_step(state.ssm, u, dbc, self.dt_proj.weight, self.dt_proj.bias, _negative_exp(self),
-                                      self.D, z[:, 0])
+                                      self.D, z[:, 0], done)
             return self.out_proj(y).unsqueeze(1)
         conv_in = x
         x = ops.causal_conv1d(x, w, self.conv1d.bias, silu=True,

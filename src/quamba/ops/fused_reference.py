@@ -9,6 +9,10 @@ The int8 twins follow the W8A8 data flow of ``quamba.qmodules.mamba1`` exactly: 
 returns the exact int32 ``x_proj`` accumulator, the second requantizes it as ``int8_linear`` would
 (one shared scale for dt, B and C), runs the int8 ``dt_proj`` to an int8 dt (pre-bias) and the int8
 state update. Chaining the two equals the unfused op sequence of the mixers bit for bit.
+
+At decode the accumulator can be recycled: ``acc`` (zeros) is added into instead of a fresh
+tensor, and the second half, given the int32 counter ``done`` (zeros), leaves it zeroed again for
+the next step, so a CUDA graph of the step holds no memset.
 """
 from __future__ import annotations
 
@@ -21,32 +25,47 @@ Tensor = torch.Tensor
 Scale = float | Tensor
 
 
+def _into(acc: Tensor | None, v: Tensor) -> Tensor:
+    return v if acc is None else acc.add_(v)
+
+
+def _recycle(acc: Tensor, done: Tensor | None) -> None:
+    if done is not None:
+        acc.zero_()
+        done.zero_()
+
+
 def conv_xproj_step(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None,
-                    xproj_w: Tensor) -> tuple[Tensor, Tensor]:
+                    xproj_w: Tensor, acc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``u = silu(causal_conv1d_update(x))`` (``conv_state [B, D, K]`` updated in place) and
-    ``dbc = u @ xproj_w^T`` in fp32. Returns ``(u [B, D] in x.dtype, dbc [B, R+2N] fp32)``."""
+    ``dbc = u @ xproj_w^T`` in fp32 (added into the zeroed ``acc`` when given).
+    Returns ``(u [B, D] in x.dtype, dbc [B, R+2N] fp32)``."""
     u = R.causal_conv1d_update(x, conv_state, conv_w, conv_b, silu=True)
-    return u, R.linear(u.float(), xproj_w.float())
+    return u, _into(acc, R.linear(u.float(), xproj_w.float()))
 
 
 def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,
-                      D: Tensor | None, z: Tensor | None) -> Tensor:
+                      D: Tensor | None, z: Tensor | None, done: Tensor | None = None) -> Tensor:
     """``dt = dbc[:, :R] @ dt_w^T`` (pre-bias), ``B, C`` the next ``N`` columns each, then
-    ``selective_state_update`` (``state [B, D, N]`` in place, softplus(dt + dt_bias)). Returns ``y`` in u.dtype."""
+    ``selective_state_update`` (``state [B, D, N]`` in place, softplus(dt + dt_bias)). Returns ``y`` in u.dtype.
+    With the counter ``done`` (int32 ``[B]``, zeros) ``dbc`` is zeroed afterwards for reuse."""
     r, n = dt_w.shape[1], A.shape[1]
-    dbc = dbc.float()
-    dt = R.linear(dbc[:, :r], dt_w.float())
-    return R.selective_state_update(state, u, dt, A, dbc[:, r:r + n], dbc[:, r + n:r + 2 * n], D, z,
-                                    dt_bias=dt_bias, dt_softplus=True)
+    d = dbc.float()
+    dt = R.linear(d[:, :r], dt_w.float())
+    y = R.selective_state_update(state, u, dt, A, d[:, r:r + n], d[:, r + n:r + 2 * n], D, z,
+                                 dt_bias=dt_bias, dt_softplus=True)
+    _recycle(dbc, done)
+    return y
 
 
 def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: Tensor, conv_w_scale: Scale,
                      conv_b_q: Tensor | None, conv_b_scale: Scale, u_scale: Scale,
-                     xproj_w_q: Tensor) -> tuple[Tensor, Tensor]:
+                     xproj_w_q: Tensor, acc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``qcausal_conv1d_update`` (int8 ``conv_state`` in place, int8 ``u`` with ``u_scale``), then the
-    exact int32 ``x_proj`` accumulator ``u_q @ xproj_w_q^T``. Returns ``(u_q [B, D], acc [B, R+2N] int32)``."""
+    exact int32 ``x_proj`` accumulator ``u_q @ xproj_w_q^T`` (added into the zeroed ``acc`` when given).
+    Returns ``(u_q [B, D], acc [B, R+2N] int32)``."""
     u_q = Q.qcausal_conv1d_update(x_q, conv_state, x_scale, conv_w_q, conv_w_scale, conv_b_q, conv_b_scale, u_scale)
-    return u_q, Q.int_matmul(u_q, xproj_w_q)
+    return u_q, _into(acc, Q.int_matmul(u_q, xproj_w_q))
 
 
 def requantize(acc: Tensor, x_scale: Scale, w_scale: Scale, out_scale: Scale) -> Tensor:
@@ -59,13 +78,16 @@ def requantize(acc: Tensor, x_scale: Scale, w_scale: Scale, out_scale: Scale) ->
 def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: Scale, acc: Tensor,
                        xproj_w_scale: Scale, dbc_scale: Scale, dt_w_q: Tensor, dt_w_scale: Scale, dt_scale: Scale,
                        A: Tensor, D: Tensor | None, z_q: Tensor | None, z_scale: Scale, dt_bias: Tensor | None,
-                       out_dtype: torch.dtype = torch.float16) -> Tensor:
+                       out_dtype: torch.dtype = torch.float16, done: Tensor | None = None) -> Tensor:
     """Int8 second half: ``dbc_q = requantize(acc, u_scale, xproj_w_scale, dbc_scale)``;
     ``dt_q = int8_linear(dbc_q[:, :R], dt_w_q, dbc_scale, dt_w_scale, out_scale=dt_scale)``;
-    then ``qselective_state_update`` (int8 ``state`` in place) with ``B, C`` at ``dbc_scale``."""
+    then ``qselective_state_update`` (int8 ``state`` in place) with ``B, C`` at ``dbc_scale``.
+    With the counter ``done`` (int32 ``[B]``, zeros) ``acc`` is zeroed afterwards for reuse."""
     r, n = dt_w_q.shape[1], A.shape[1]
     dbc_q = requantize(acc, u_scale, xproj_w_scale, dbc_scale)
     dt_q = Q.int8_linear(dbc_q[:, :r], dt_w_q, dbc_scale, dt_w_scale, None, out_scale=dt_scale)
-    return Q.qselective_state_update(state, state_scale, u_q, u_scale, dt_q, dt_scale, A, dbc_q[:, r:r + n],
-                                     dbc_scale, dbc_q[:, r + n:r + 2 * n], dbc_scale, D, z_q, z_scale, dt_bias,
-                                     out_dtype=out_dtype)
+    y = Q.qselective_state_update(state, state_scale, u_q, u_scale, dt_q, dt_scale, A, dbc_q[:, r:r + n],
+                                  dbc_scale, dbc_q[:, r + n:r + 2 * n], dbc_scale, D, z_q, z_scale, dt_bias,
+                                  out_dtype=out_dtype)
+    _recycle(acc, done)
+    return y

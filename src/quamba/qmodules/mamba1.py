@@ -12,7 +12,7 @@ import torch
 from .. import ops
 from ..config import MambaConfig
 from ..models.cache import LayerState
-from ..models.mixers import Mamba1Mixer
+from ..models.mixers import Mamba1Mixer, decode_work
 from .base import QModule, fake_quant, quantize_per_tensor
 from .linear import HadamardLinear, W8A8Linear
 
@@ -81,7 +81,8 @@ class QMamba1Mixer(QModule):
     def allocate_state(self, batch: int, device, dtype=None) -> LayerState:
         c = self.cfg
         return LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv, device=device, dtype=torch.int8),
-                          ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.int8))
+                          ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.int8),
+                          work=decode_work(c, batch, device, torch.int32))
 
     def _params(self) -> tuple[Tensor, Tensor, Tensor]:
         """fp32 ``A``, ``D`` and dt bias from their int8 storage (computed once, then cached)."""
@@ -113,10 +114,12 @@ class QMamba1Mixer(QModule):
         s_h = self.scale("ssm_state_scale")
         A, D, dt_bias = self._params()
         if state is not None and h.shape[1] == 1:
-            u, acc = ops.qconv_xproj_step(x[:, 0], state.conv, s_xz, *self._conv_params(), s_u, self.x_proj.weight)
+            acc, done = state.work
+            u, acc = ops.qconv_xproj_step(x[:, 0], state.conv, s_xz, *self._conv_params(), s_u, self.x_proj.weight,
+                                          acc)
             y = ops.qdtproj_state_step(state.ssm, s_h, u, s_u, acc, self.x_proj.scale("weight_scale"), s_bc,
                                        self.dt_proj.weight, self.dt_proj.scale("weight_scale"), s_dt, A, D, z[:, 0],
-                                       s_xz, dt_bias, out_dtype=self.out_dtype)
+                                       s_xz, dt_bias, out_dtype=self.out_dtype, done=done)
             return self.out_proj(y).unsqueeze(1)
         u = ops.qcausal_conv1d(x, s_xz, *self._conv_params(), s_u,
                                initial_state=state.conv if state is not None else None)
