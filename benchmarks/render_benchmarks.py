@@ -1,6 +1,8 @@
-"""Render BENCHMARKS.md from the JSON that `quamba bench --json` wrote (one file per model shape).
+"""Render BENCHMARKS.md from the JSON that `quamba bench --json` wrote (one file per model shape),
+plus, optionally, what benchmarks/decode_variants.py wrote (PDL on/off, prefill host vs GPU time).
 
-Usage: python benchmarks/render_benchmarks.py benchmarks/results/bench_*.json > BENCHMARKS.md
+Usage: python benchmarks/render_benchmarks.py benchmarks/results/bench_*.json \
+           [benchmarks/results/decode_variants_*.json] > BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -26,8 +28,12 @@ def main(paths: list[str]) -> None:
     print("copy bandwidth measured in the same run. Random weights at the real model shapes (speed does")
     print("not depend on the values).\n")
     print(TARGETS + "\n")
+    variants = []
     for p in paths:
-        d = json.load(open(p))
+        d = load(p)
+        if "results" not in d:
+            variants.append(d)
+            continue
         rows = {(r["impl"], r["precision"]): r for r in d["results"]}
         print(f"## {d['model']} on {d['device']} (copy bandwidth {d['copy_bandwidth_GBps']:.0f} GB/s)\n")
         if d.get("command"):
@@ -55,6 +61,31 @@ def main(paths: list[str]) -> None:
             print(f"- W8A8 / fp16 TTFT = {b:.2f} (target <= 0.85): {verdict(b <= 0.85)}")
             print(f"- W8A8 / fp16 size = {c:.2f} (target <= 0.55): {verdict(c <= 0.55)}")
         print()
+    if variants:
+        render_variants(variants)
+
+
+def load(path: str) -> dict:
+    """A JSON file, or the JSON object that ends a log (decode_variants prints lines before it)."""
+    text = open(path).read()
+    return json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
+
+
+def render_variants(variants: list[dict]) -> None:
+    print("## Decode with and without programmatic dependent launch; prefill host vs GPU time\n")
+    print("From `benchmarks/decode_variants.py` (one process per shape: the same model and prompt, a CUDA-graph")
+    print("decoder captured without PDL (`QUAMBA_PDL=0`) and with it; the eager prefill's host time to issue")
+    print("its launches against its summed GPU kernel time). Host time above GPU time means the prefill")
+    print("waits on Python and launch overhead, not on the GPU.\n")
+    print("| shape | precision | TPOT ms, no PDL | TPOT ms, PDL | greedy tokens agree | prefill host ms | prefill GPU ms |")
+    print("|---|---|---|---|---|---|---|")
+    for d in variants:
+        for prec in ("fp16", "w8a8"):
+            r = d.get(prec)
+            if r:
+                print(f"| {d['shape']} | {prec} | {r['tpot_ms_plain']:.3f} | {r['tpot_ms_pdl']:.3f} | "
+                      f"{r['tokens_agree']} | {r['prefill_host_ms']:.1f} | {r['prefill_gpu_busy_ms']:.1f} |")
+    print()
 
 
 if __name__ == "__main__":
