@@ -21,6 +21,8 @@ from quamba.bench import cuda_time_ms
 from quamba.cli.bench import build_model
 from quamba.graphs import GraphDecoder
 
+from profile_step import gpu_total_us  # benchmarks/ is on the path when this script runs
+
 
 VARIANTS = {"plain": {"QUAMBA_PDL": "0"}, "pdl": {"QUAMBA_PDL": "1"}}
 
@@ -52,7 +54,7 @@ def host_and_gpu_ms(model, prompt: torch.Tensor, reps: int = 5) -> tuple[float, 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         model(prompt, cache, last_only=True)
         torch.cuda.synchronize()
-    gpu = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages()) / 1e3
+    gpu = gpu_total_us(prof) / 1e3
     return statistics.median(host[1:]), gpu
 
 

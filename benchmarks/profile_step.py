@@ -24,7 +24,8 @@ def _table(prof, key: str, n: int) -> str:
     return prof.key_averages().table(row_limit=n)
 
 
-def _gpu_total_us(prof) -> float:
+def gpu_total_us(prof) -> float:
+    """Summed self GPU time of every event of a torch.profiler run, in microseconds."""
     tot = 0.0
     for e in prof.key_averages():
         tot += getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
@@ -60,7 +61,7 @@ def main() -> None:
                     fn()
                 torch.cuda.synchronize()
             wall = t_pre if name == "prefill" else t_step
-            gpu_ms = _gpu_total_us(prof) / 1e3 / reps
+            gpu_ms = gpu_total_us(prof) / 1e3 / reps
             print(f"\n===== {args.shape} {args.precision} {name}: eager wall {wall:.3f} ms, "
                   f"summed GPU kernel time {gpu_ms:.3f} ms per call")
             print(_table(prof, "self_cuda_time_total", args.rows))

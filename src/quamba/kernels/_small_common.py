@@ -40,6 +40,14 @@ def pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
+def channel_vector(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
+    """A per-channel parameter as a contiguous 1-D tensor of ``n`` elements (None stays None)."""
+    if t is None:
+        return None
+    check(t.numel() == n, f"{name} has {t.numel()} elements, expected {n}")
+    return t.reshape(-1).contiguous()
+
+
 def check(cond: bool, msg: str) -> None:
     """Raise ``InvalidArgumentError(msg)`` unless ``cond`` (shape checks before a launch reads out of bounds)."""
     if not cond:

@@ -26,6 +26,26 @@ MAX_M = 8
 
 
 @triton.jit
+def _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ACC: tl.constexpr, BLOCK_K: tl.constexpr,
+              USE_PDL: tl.constexpr):
+    """``x[rm] . w[rn]`` over K in ``ACC`` (fp32, or exact int32 for int8), streaming ``BLOCK_K``-wide
+    tiles and reducing once at the end; the first weight tile loads before ``pdl_sync``."""
+    rk = tl.arange(0, BLOCK_K)
+    k_ok = rk < K
+    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+    pdl_sync(USE_PDL)
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+    acc = x.to(ACC)[:, None, :] * w.to(ACC)[None, :, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+        acc += x.to(ACC)[:, None, :] * w.to(ACC)[None, :, :]
+    return tl.sum(acc, axis=2)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  USE_PDL: tl.constexpr):
@@ -34,19 +54,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stri
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    rk = tl.arange(0, BLOCK_K)
-    k_ok = rk < K
-    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-    pdl_sync(USE_PDL)
-    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-    acc = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-    y = tl.sum(acc, axis=2)
+    y = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, tl.float32, BLOCK_K, USE_PDL)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
@@ -107,19 +115,8 @@ def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_p
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    rk = tl.arange(0, BLOCK_K)
-    k_ok = rk < K
-    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-    pdl_sync(USE_PDL)
-    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
-    acc = x.to(tl.int32)[:, None, :] * w.to(tl.int32)[None, :, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
-        acc += x.to(tl.int32)[:, None, :] * w.to(tl.int32)[None, :, :]
-    _epilogue(tl.sum(acc, axis=2), rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
+    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, tl.int32, BLOCK_K, USE_PDL)
+    _epilogue(acc, rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
 

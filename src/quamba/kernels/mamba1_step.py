@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg, silu, softplus
+from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg,
+                            silu, softplus)
 from .qconv1d import _dequant_silu_quant
 
 Tensor = torch.Tensor
@@ -253,13 +254,6 @@ def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: 
     return u, acc
 
 
-def _vec(t: Tensor | None, n: int, name: str) -> Tensor | None:
-    if t is None:
-        return None
-    check(t.numel() == n, f"{name} has {t.numel()} elements, expected {n}")
-    return t.reshape(-1).contiguous()
-
-
 def _check_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, A: Tensor, z: Tensor | None) -> None:
     check(u.dim() == 2, f"u must be [B, D], got {tuple(u.shape)}")
     bsz, d = u.shape
@@ -280,7 +274,7 @@ def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_
     """Run the second fused kernel into ``y`` with an explicit plan (``done``: recycle ``dbc``)."""
     bsz, d = u.shape
     n, r = state.shape[2], dt_w.shape[1]
-    D_, dtb = _vec(D, d, "D"), _vec(dt_bias, d, "dt_bias")
+    D_, dtb = channel_vector(D, d, "D"), channel_vector(dt_bias, d, "dt_bias")
     (sst, sstv, sstm), (us, usv, usm), (xws, xwsv, xwsm), (dbcs, dbcsv, dbcsm), (dtws, dtwsv, dtwsm), \
         (dts, dtsv, dtsm), (zs, zsv, zsm) = scales
     _dtproj_state_kernel[(triton.cdiv(d, block_d), bsz)](
@@ -290,7 +284,8 @@ def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_
         *(z.stride() if z is not None else (0, 0)), y.stride(0),
         QUANT=state.dtype == torch.int8, SST_M=sstm, US_M=usm, XWS_M=xwsm, DBCS_M=dbcsm, DTWS_M=dtwsm,
         DTS_M=dtsm, ZS_M=zsm, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
-        RECYCLE=done is not None, BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps, **pdl_args(u))
+        RECYCLE=done is not None, BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps,
+        **pdl_args(u))
 
 
 def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu, softplus
+from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu,
+                            softplus)
 from .pdl import pdl_args, pdl_sync
 
 Tensor = torch.Tensor
@@ -121,14 +122,6 @@ def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
-def _vec(t: Tensor | None, n: int, name: str) -> Tensor | None:
-    """A per-channel parameter as a contiguous 1-D tensor of ``n`` elements."""
-    if t is None:
-        return None
-    check(t.numel() == n, f"{name} has {t.numel()} elements, expected {n}")
-    return t.reshape(-1).contiguous()
-
-
 def _mamba1_blocks(dim: int, n: int, bsz: int) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_N, num_warps): tiles of <= 4096 states, >= ~2 programs per SM when possible."""
     block_n = pow2(n, 16)
@@ -148,7 +141,7 @@ def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, sca
     check(tuple(A.shape) == (dim, n), f"A {tuple(A.shape)} != {(dim, n)}")
     check(tuple(B.shape) == (bsz, n) and tuple(C.shape) == (bsz, n), f"B/C must be {(bsz, n)}")
     check(z is None or tuple(z.shape) == (bsz, dim), f"z must be {(bsz, dim)}")
-    D_, dtb = _vec(D, dim, "D"), _vec(dt_bias, dim, "dt_bias")
+    D_, dtb = channel_vector(D, dim, "D"), channel_vector(dt_bias, dim, "dt_bias")
     y = torch.empty((bsz, dim), device=x.device, dtype=out_dtype)
     if y.numel() == 0 or n == 0:
         return y
@@ -208,7 +201,8 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     g = B.shape[1]
     check(g > 0 and heads % g == 0, f"{heads} heads cannot be split into {g} groups")
     check(tuple(dt.shape) == (bsz, heads), f"dt {tuple(dt.shape)} != {(bsz, heads)}")
-    A_, D_, dtb = _vec(A, heads, "A"), _vec(D, heads, "D"), _vec(dt_bias, heads, "dt_bias")
+    A_, D_ = channel_vector(A, heads, "A"), channel_vector(D, heads, "D")
+    dtb = channel_vector(dt_bias, heads, "dt_bias")
     y = torch.empty((bsz, heads, p), device=x.device, dtype=out_dtype)
     if y.numel() == 0 or n == 0:
         return y
