@@ -6,7 +6,7 @@ includes the short gap between consecutive graph kernels that a profiler's kerne
 Inputs rotate over enough copies that the working set of a prefill case exceeds L2. Bytes moved =
 input read + int8 output written.
 ``--ref`` adds the plain-torch reference (eager), ``--sweep`` also times alternative launch shapes
-(column blocks vs row tiles, block sizes, warps) to tune ``quamba.kernels.hadamard.launch``.
+(column blocks vs row tiles, block sizes, warps) to tune ``quamba.kernels.hadamard.launch_hadamard``.
 
 Usage: PYTHONPATH=src python benchmarks/kernels_hadamard.py [--sizes 2560,5120,8192] [--rows 1,1024]
        [--dtype fp16|bf16|fp32] [--ref] [--sweep] [--json]
@@ -83,7 +83,7 @@ def bench(n: int, rows: int, dtype_name: str, ref: bool, sweep: bool) -> list[Re
     results = []
     for name, kw in configs(rows, n, sweep):
         def call(i: int, kw=kw) -> Callable[[], None]:
-            return lambda: K.launch(xs[i % len(xs)], outs[i], scale, **kw)
+            return lambda: K.launch_hadamard(xs[i % len(xs)], outs[i], scale, **kw)
 
         try:
             us = graph_us([call(i) for i in range(CALLS)])

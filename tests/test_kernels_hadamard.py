@@ -45,7 +45,7 @@ def _scales(x):
 def _launch(x, scale, **kw):
     n = x.shape[-1]
     out = torch.full(x.shape, 77, dtype=torch.int8, device=x.device)
-    K.launch(x.reshape(-1, n), out.view(-1, n), scale, **kw)
+    K.launch_hadamard(x.reshape(-1, n), out.view(-1, n), scale, **kw)
     return out
 
 

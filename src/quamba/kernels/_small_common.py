@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from .launch import next_pow2
 
 SCALAR, SCALAR_PTR, PER_CHANNEL = 0, 1, 2
 
@@ -37,7 +38,7 @@ def per_tensor_scale_arg(scale, name: str) -> tuple[torch.Tensor | None, float, 
 
 def pow2(n: int, lo: int = 1) -> int:
     """The next power of two >= n, at least ``lo`` (block sizes)."""
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+    return max(lo, next_pow2(max(int(n), 1)))
 
 
 def channel_vector(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
 from ._small_common import check, pow2, silu
+from .launch import launch, cdiv
 
 Tensor = torch.Tensor
 
@@ -100,8 +101,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     st = initial_state
     block_d = min(128, pow2(d, 16))
     block_l = 32 if L >= 32 else pow2(L, 4)
-    grid = (triton.cdiv(L, block_l), triton.cdiv(d, block_d), bsz)
-    _conv_fwd_kernel[grid](
+    grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
+    launch(_conv_fwd_kernel, grid,
         x, weight, bias_c, st, y, L, d,
         x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
         st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
@@ -114,7 +115,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
 def update_block(d: int, bsz: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps) for a decode conv: >= ~2 programs per SM (132 on H200) when possible."""
     block_d = 128
-    while block_d > 32 and bsz * triton.cdiv(d, block_d) < 264:
+    while block_d > 32 and bsz * cdiv(d, block_d) < 264:
         block_d //= 2
     return block_d, block_d // 32
 
@@ -133,8 +134,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
         return y
     bias_c = bias.reshape(-1).contiguous() if bias is not None else None
     block_d, warps = update_block(d, bsz)
-    grid = (triton.cdiv(d, block_d), bsz)
-    _conv_update_kernel[grid](
+    grid = (cdiv(d, block_d), bsz)
+    launch(_conv_update_kernel, grid,
         x, conv_state, weight, bias_c, y, d,
         x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         weight.stride(0), weight.stride(1), y.stride(0),

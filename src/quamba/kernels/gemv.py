@@ -21,6 +21,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from .int8_gemm import _epilogue, interpreting
 from .pdl import pdl_args, pdl_sync
+from .launch import launch, cdiv, next_pow2
 
 MAX_M = 8
 
@@ -83,12 +84,12 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
-    bm = max(1, triton.next_power_of_2(m))
+    bm = max(1, next_pow2(m))
     bn, bk, warps = fp16_plan(n, k)
     if bm > 2:
         bn = max(1, bn * 2 // bm)
     bn, bk = block_n or bn, block_k or bk
-    _gemv_kernel[(triton.cdiv(n, bn),)](x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
+    launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
                                         weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
                                         BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
                                         **pdl_args(x2))
@@ -229,16 +230,16 @@ def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: di
         raise InvalidArgumentError(f"unknown int8 GEMV variant {variant!r}; one of {sorted(INT8_VARIANTS)}")
     scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
     flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
-    bm = max(1, triton.next_power_of_2(m))
-    grid = (triton.cdiv(n, block_n),)
+    bm = max(1, next_pow2(m))
+    grid = (cdiv(n, block_n),)
     if INT8_VARIANTS[variant] is None or not _words_ok(x, w):
-        _int8_gemv_kernel[grid](x, w, out, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), **flags,
+        launch(_int8_gemv_kernel, grid, x, w, out, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), **flags,
                                 BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
                                 **pdl_args(x))
         return
     dp4a, prefetch = INT8_VARIANTS[variant]
     block_k4 = max(1, block_k // 4)
-    _int8_gemv4_kernel[grid](x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4, out.stride(0),
+    launch(_int8_gemv4_kernel, grid, x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4, out.stride(0),
                              **flags, USE_DP4A=dp4a and not interpreting(), PREFETCH=prefetch and k >= block_k4 * 4,
                              BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps,
                              **pdl_args(x))
@@ -248,4 +249,4 @@ def int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict) -> 
     """``launch_int8_gemv`` with the plan of ``int8_gemv_plan`` (channel tile divided by the padded M)."""
     m, k = x.shape
     variant, bn, bk, warps = int8_gemv_plan(w.shape[0], k)
-    launch_int8_gemv(x, w, out, ep, max(1, bn // triton.next_power_of_2(m)), bk, warps, variant)
+    launch_int8_gemv(x, w, out, ep, max(1, bn // next_pow2(m)), bk, warps, variant)

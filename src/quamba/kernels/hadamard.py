@@ -36,6 +36,7 @@ from ..errors import InvalidArgumentError
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
 from .int8_gemm import interpreting, num_sms
 from .pdl import pdl_args, pdl_sync
+from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -220,7 +221,7 @@ def tile_plan(n: int) -> tuple[int, int, int, int]:
     p = n // m
     c = min(p, _MAX_C) if m > 1 or p <= _MAX_C else min(_MAX_C, p // 16)
     r = n // c
-    rp = 1 if r == 1 else max(16, triton.next_power_of_2(r))
+    rp = 1 if r == 1 else max(16, next_pow2(r))
     if rp > _MAX_RP:
         raise InvalidArgumentError(f"hadamard_quant supports sizes with at most {_MAX_RP} rows of "
                                    f"{_MAX_C}, got {n}")
@@ -259,7 +260,7 @@ def _col_block(cp: int, row_tiles: int) -> int:
     return min(32 if row_tiles <= 32 else 64, cp)
 
 
-def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
+def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
            bc: int | None = None, warps: int | None = None, tm: int | None = None, stages: int | None = None,
            programs: int | None = None) -> None:
     """Run the kernel on ``x2 [M, n]`` (unit column stride) into int8 ``out [M, n]``.
@@ -270,7 +271,7 @@ def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = N
     m, n = x2.shape
     r, c, rp, cp = tile_plan(n)
     if col_split is None:
-        col_split = triton.cdiv(m, max(rp, _TILE) // r) < num_sms(x2.device)
+        col_split = cdiv(m, max(rp, _TILE) // r) < num_sms(x2.device)
     if col_split:
         tm = tm or (rp if r > 1 else 16)
         per = 1 if r > 1 else tm
@@ -279,7 +280,7 @@ def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = N
         per = tm // r
     if tm < max(rp, 16) or tm & (tm - 1):
         raise InvalidArgumentError(f"bad hadamard_quant tile width {tm} for R={r}")
-    row_tiles = triton.cdiv(m, per)
+    row_tiles = cdiv(m, per)
     if col_split:
         bk = bk or (cp if x2.dtype != torch.float32 else min(_MAX_BK, cp))
         bc = bc or _col_block(cp, row_tiles)
@@ -296,7 +297,7 @@ def launch(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = N
     os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x2.device, out)
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
-    _hadamard_quant_kernel[grid](
+    launch(_hadamard_quant_kernel, grid,
         x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
         R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
         INTERP=interpreting(), num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
@@ -316,5 +317,5 @@ def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     if x2.shape[0] == 0:
         return out
-    launch(x2, out.view(-1, n), out_scale)
+    launch_hadamard(x2, out.view(-1, n), out_scale)
     return out

@@ -31,6 +31,7 @@ from .pdl import pdl_args, pdl_sync
 from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg,
                             silu, softplus)
 from .qconv1d import _dequant_silu_quant
+from .launch import launch, cdiv
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -166,7 +167,7 @@ def conv_xproj_plan(dim: int, nr: int, bsz: int) -> tuple[int, int]:
     """``(BLOCK_D, num_warps)`` of ``conv_xproj_step``: 32-channel slabs of x_proj (64-byte fp16 row
     segments, 160 programs at d_inner 5120), narrower while the grid is small."""
     block_d = 32
-    while block_d > 16 and bsz * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS // 2:
+    while block_d > 16 and bsz * cdiv(dim, block_d) < _TARGET_PROGRAMS // 2:
         block_d //= 2
     return block_d, 4
 
@@ -174,7 +175,7 @@ def conv_xproj_plan(dim: int, nr: int, bsz: int) -> tuple[int, int]:
 def dtproj_state_plan(dim: int, n: int, r: int, bsz: int) -> tuple[int, int]:
     """``(BLOCK_D, num_warps)`` of ``dtproj_state_step``: >= ~2 programs per SM when possible."""
     block_d = 64
-    while block_d > 16 and bsz * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
+    while block_d > 16 and bsz * cdiv(dim, block_d) < _TARGET_PROGRAMS:
         block_d //= 2
     return block_d, 4
 
@@ -200,7 +201,7 @@ def launch_conv_xproj(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Ten
     k, nr = conv_state.shape[2], xproj_w.shape[0]
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (us, usv, usm) = scales
     b_c = conv_b.reshape(-1).contiguous() if conv_b is not None else None
-    _conv_xproj_kernel[(triton.cdiv(d, block_d), bsz)](
+    launch(_conv_xproj_kernel, (cdiv(d, block_d), bsz),
         x, conv_state, conv_w, b_c, xproj_w, u, acc, d, nr, xs, xsv, ws, wsv, bs, bsv, us, usv,
         *x.stride(), *conv_state.stride(), *conv_w.stride(), *xproj_w.stride(), u.stride(0), acc.stride(0),
         QUANT=x.dtype == torch.int8, XS_M=xsm, WS_M=wsm, BS_M=bsm, US_M=usm, K=k, KP=pow2(k, 2),
@@ -277,7 +278,7 @@ def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_
     D_, dtb = channel_vector(D, d, "D"), channel_vector(dt_bias, d, "dt_bias")
     (sst, sstv, sstm), (us, usv, usm), (xws, xwsv, xwsm), (dbcs, dbcsv, dbcsm), (dtws, dtwsv, dtwsm), \
         (dts, dtsv, dtsm), (zs, zsv, zsm) = scales
-    _dtproj_state_kernel[(triton.cdiv(d, block_d), bsz)](
+    launch(_dtproj_state_kernel, (cdiv(d, block_d), bsz),
         state, u, dbc, dt_w, dtb, A, D_, z, y, done,
         sst, sstv, us, usv, xws, xwsv, dbcs, dbcsv, dtws, dtwsv, dts, dtsv, zs, zsv,
         d, n, r, *state.stride(), *u.stride(), *dbc.stride(), *dt_w.stride(), *A.stride(),

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from ._small_common import check, load_scale, pow2, silu
 from .pdl import pdl_args, pdl_sync
+from .launch import launch
 
 Tensor = torch.Tensor
 
@@ -101,7 +102,7 @@ def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps:
     if rows == 0 or d == 0:
         return y, res
     block = pow2(d, 16)
-    _add_rms_norm_kernel[(rows,)](
+    launch(_add_rms_norm_kernel, (rows,),
         x2, r2, weight, y, res if store_res else None, d, x2.stride(0), r2.stride(0) if r2 is not None else 0,
         d, d, float(eps), HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res,
         BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
@@ -122,7 +123,7 @@ def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float,
     if rows == 0 or d == 0:
         return y
     block = pow2(group_size, 16)
-    _gated_rms_norm_kernel[(rows, d // group_size)](
+    launch(_gated_rms_norm_kernel, (rows, d // group_size),
         x2, z2, weight, y, zs, zs_val, group_size, x2.stride(0), z2.stride(0) if z2 is not None else 0, d,
         float(eps), HAS_Z=z is not None, Z_INT8=z is not None and z.dtype == torch.int8, ZS_MODE=zs_mode,
         HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))

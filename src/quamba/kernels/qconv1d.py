@@ -13,6 +13,7 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg, silu
 from .conv1d import update_block
+from .launch import launch, cdiv
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -121,8 +122,8 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
     st = initial_state
     block_d = min(128, pow2(d, 16))
     block_l = 32 if L >= 32 else pow2(L, 4)
-    grid = (triton.cdiv(L, block_l), triton.cdiv(d, block_d), bsz)
-    _qconv_fwd_kernel[grid](
+    grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
+    launch(_qconv_fwd_kernel, grid,
         x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
         x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
         st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
@@ -148,7 +149,7 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
         return y
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     block_d, warps = update_block(d, bsz)
-    _qconv_update_kernel[(triton.cdiv(d, block_d), bsz)](
+    launch(_qconv_update_kernel, (cdiv(d, block_d), bsz),
         x_q, conv_state, w_q, b_c, y, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
         x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         w_q.stride(0), w_q.stride(1), y.stride(0),

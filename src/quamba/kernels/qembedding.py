@@ -11,6 +11,7 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from .pdl import pdl_args, pdl_sync
+from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
@@ -50,7 +51,7 @@ def qembedding(ids: Tensor, w_q: Tensor, row_scales: Tensor, out_dtype: torch.dt
     scales = row_scales.reshape(-1)
     out = torch.empty((flat.numel(), d), dtype=out_dtype, device=w_q.device)
     if flat.numel() and d:
-        block = min(triton.next_power_of_2(d), 1024)
-        _qembedding_kernel[(flat.numel(), triton.cdiv(d, block))](
+        block = min(next_pow2(d), 1024)
+        launch(_qembedding_kernel, (flat.numel(), cdiv(d, block)),
             flat, w, scales, out, v, d, flat.stride(0), w.stride(0), scales.stride(0), BLOCK_D=block, num_warps=4, **pdl_args(w_q))
     return out.reshape(*ids.shape, d)

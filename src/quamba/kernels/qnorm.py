@@ -13,6 +13,7 @@ import triton.language as tl
 from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg
 from .norm import launch_gated, norm_warps, residual_sum, rows_of
 from .pdl import pdl_args, pdl_sync
+from .launch import launch
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -54,7 +55,7 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
     if rows == 0 or d == 0:
         return y, res
     block = pow2(d, 16)
-    _qadd_rms_norm_kernel[(rows,)](
+    launch(_qadd_rms_norm_kernel, (rows,),
         x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
         r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
         HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,

@@ -38,6 +38,7 @@ import triton.language as tl
 
 from ._small_common import check as _check
 from .int8_gemm import num_sms
+from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
 
@@ -420,14 +421,14 @@ def scan_plan(bt: int, L: int, d: int, n: int, sms: int, chunk: int | None = Non
     one wave of ``WARPS_PER_SM`` resident warps per SM: more chunks add pass-1 work, a second partial
     wave doubles the time of the scan.
     """
-    np2 = triton.next_power_of_2(max(n, 1))
+    np2 = next_pow2(max(n, 1))
     bd = bd or 32 // min(4, np2)
     t_block = t_block or max(2, min(8, 128 // np2))
     if chunk is None:
-        want = max(1, sms * WARPS_PER_SM // (bt * triton.cdiv(d, bd)))
-        chunk = max(MIN_CHUNK, triton.cdiv(L, want))
-    chunk = max(t_block, triton.cdiv(chunk, t_block) * t_block)
-    return ScanPlan(bd, t_block, chunk, max(1, triton.cdiv(L, chunk)))
+        want = max(1, sms * WARPS_PER_SM // (bt * cdiv(d, bd)))
+        chunk = max(MIN_CHUNK, cdiv(L, want))
+    chunk = max(t_block, cdiv(chunk, t_block) * t_block)
+    return ScanPlan(bd, t_block, chunk, max(1, cdiv(L, chunk)))
 
 
 def state_block(p: ScanPlan, np2: int) -> int:
@@ -475,7 +476,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
             last.copy_(init)
         return y, last
     p = scan_plan(bt, L, d, n, num_sms(u.device), chunk, bd, t_block)
-    np2 = triton.next_power_of_2(n)
+    np2 = next_pow2(n)
     st = torch.empty(bt, p.n_chunks, d, n, device=u.device, dtype=torch.float32)
     ds = torch.empty(bt, p.n_chunks, d, device=u.device, dtype=torch.float32)
     D_ = D.reshape(-1).contiguous() if D is not None else u
@@ -486,20 +487,20 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     ptrs = sum(1 << i for i, s in enumerate(sc) if isinstance(s, Tensor))
     su, sdt, sz, ss, sb, scc = sc
     flags = dict(QUANT=quant, PTRS=ptrs, NP=np2)
-    nblk = triton.cdiv(d, p.bd)
+    nblk = cdiv(d, p.bd)
     fold = 1 < p.n_chunks <= FOLD_CHUNKS + 1
     if p.n_chunks > 1:
-        _chunk_state_kernel[(nblk, p.n_chunks - 1, bt)](
+        launch(_chunk_state_kernel, (nblk, p.n_chunks - 1, bt),
             u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
             *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=state_block(p, np2),
             num_warps=1, **flags)
         if not fold:
-            _chunk_combine_kernel[(triton.cdiv(d, COMBINE_BD), bt)](
+            launch(_chunk_combine_kernel, (cdiv(d, COMBINE_BD), bt),
                 A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
                 HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
     regs = SCAN_MAX_REGS if p.t_block * np2 * max(1, p.bd // 8) <= 128 else None
-    _chunk_scan_kernel[(nblk, p.n_chunks, bt)](
+    launch(_chunk_scan_kernel, (nblk, p.n_chunks, bt),
         u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
         *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
         su, sdt, sz, ss, sb, scc,

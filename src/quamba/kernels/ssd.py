@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .selective_scan import _check, _scale, quantize_int8, scalar_arg, softplus
+from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
 
@@ -315,12 +316,12 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
             last.copy_(init)
         return y, last
     T = chunk_size
-    nc = triton.cdiv(L, T)
+    nc = cdiv(L, T)
     op = tl.float16 if quant else _OP[x.dtype]
     ieee = op == tl.float32
     split = quant or op == tl.bfloat16
-    bp = max(16, triton.next_power_of_2(p))
-    np2 = max(32 if quant else 16, triton.next_power_of_2(n))
+    bp = max(16, next_pow2(p))
+    np2 = max(32 if quant else 16, next_pow2(n))
     bn = min(np2, 128)
     bt_blk = min(T, 32)
     bm = min(T, 64)
@@ -338,23 +339,23 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     bias_ = dt_bias.reshape(-1) if dt_bias is not None else A_
     D_ = D.reshape(-1) if D is not None else A_
 
-    _state_kernel[(nc, bt * h, triton.cdiv(n, bn))](
+    launch(_state_kernel, (nc, bt * h, cdiv(n, bn)),
         x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
         *x.stride(), *dt.stride(), *B.stride(),
         QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
         FAST=fast, SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
-    _cb_kernel[((T // bm) ** 2, nc, bt * g)](
+    launch(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
         B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
         QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
     size = p * n
-    bs = min(1024, triton.next_power_of_2(size))
+    bs = min(1024, next_pow2(size))
     init_ = init.contiguous() if init is not None else last
     sin = torch.empty(bt, nc, h, p, n, device=dev, dtype=_TORCH[op])
-    _pass_kernel[(triton.cdiv(size, bs), bt * h)](
+    launch(_pass_kernel, (cdiv(size, bs), bt * h),
         st, cs, init_, sin, last, h, nc, size, ss,
         QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4)
     two = OUT_TWO_HEADS and (h // g) % 2 == 0
-    _out_kernel[(T // bm, nc, bt * h // (2 if two else 1))](
+    launch(_out_kernel, (T // bm, nc, bt * h // (2 if two else 1)),
         x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
         *x.stride(), *C.stride(), *y.stride(),
         QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,

@@ -15,6 +15,7 @@ import triton.language as tl
 from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu,
                             softplus)
 from .pdl import pdl_args, pdl_sync
+from .launch import launch, cdiv
 
 Tensor = torch.Tensor
 _NO_LIMIT = (0.0, float("inf"))
@@ -126,7 +127,7 @@ def _mamba1_blocks(dim: int, n: int, bsz: int) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_N, num_warps): tiles of <= 4096 states, >= ~2 programs per SM when possible."""
     block_n = pow2(n, 16)
     block_d = max(16, min(128, 4096 // block_n))
-    while block_d > 16 and bsz * triton.cdiv(dim, block_d) < _TARGET_PROGRAMS:
+    while block_d > 16 and bsz * cdiv(dim, block_d) < _TARGET_PROGRAMS:
         block_d //= 2
     return block_d, block_n, 4 if block_d * block_n >= 512 else 2
 
@@ -147,7 +148,7 @@ def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, sca
         return y
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm), (zs, zsv, zsm) = scales
     block_d, block_n, warps = _mamba1_blocks(dim, n, bsz)
-    _selective_update_kernel[(triton.cdiv(dim, block_d), bsz)](
+    launch(_selective_update_kernel, (cdiv(dim, block_d), bsz),
         state, x, dt, A, B, C, D_, z, dtb, y,
         sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv, zs, zsv, dim, n,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides(z, 2),
@@ -185,7 +186,7 @@ def _ssd_blocks(p: int, n: int, heads: int, bsz: int) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_N, num_warps): tiles of <= 2048 states, >= ~2 programs per SM when possible."""
     block_n = pow2(n, 16)
     block_p = max(4, min(pow2(p, 4), 2048 // block_n))
-    while block_p > 4 and bsz * heads * triton.cdiv(p, block_p) < _TARGET_PROGRAMS:
+    while block_p > 4 and bsz * heads * cdiv(p, block_p) < _TARGET_PROGRAMS:
         block_p //= 2
     return block_p, block_n, 4 if block_p * block_n >= 1024 else 2
 
@@ -209,7 +210,7 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm) = scales
     block_p, block_n, warps = _ssd_blocks(p, n, heads, bsz)
-    _ssd_update_kernel[(triton.cdiv(p, block_p), heads, bsz)](
+    launch(_ssd_update_kernel, (cdiv(p, block_p), heads, bsz),
         state, x, dt, A_, B, C, D_, dtb, y,
         sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv,
         p, n, heads // g, lo, min(hi, 3.0e38),

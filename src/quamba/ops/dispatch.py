@@ -93,7 +93,7 @@ def kernel_for(name: str, x: torch.Tensor) -> Callable | None:
     """The Triton implementation of ``name`` to use for tensor ``x``, or None for the reference."""
     if _backend == "torch" or name not in TRITON_KERNELS:
         return None
-    if not (x.is_cuda or (_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")):
+    if not x.is_cuda and not (_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
         return None
     if not triton_available():
         return None

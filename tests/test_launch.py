@@ -1,0 +1,64 @@
+"""The cached-launch path: its specialization key, and (GPU) launches that must not reuse a binary
+compiled for other argument properties."""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from quamba.kernels import launch as L
+
+
+def test_spec_key_separates_what_triton_specializes_on():
+    k = L.spec_key
+    assert k(1) != k(2) and k(16) != k(17) and k(16) == k(32) and k(48) != k(50)
+    assert k(2 ** 31 - 16) != k(2 ** 31) and k(2 ** 63) != k(2 ** 62)
+    assert k(True) != k(1) and k(None) != k(0) and k(1.0) == k(2.5)
+    assert k(7, constexpr=True) != k(9, constexpr=True)
+    buf = torch.zeros(64, dtype=torch.float32)
+    assert k(buf) != k(buf[1:]) and k(buf) == k(buf[4:]) and k(buf) != k(buf.half())
+    assert k(torch.nn.Parameter(buf)) == k(buf)
+
+
+def test_launch_hooks_are_detected(monkeypatch):
+    from triton import knobs
+
+    assert not L._hooks_set()
+    knobs.runtime.launch_enter_hook.add(print)
+    try:
+        assert L._hooks_set()
+    finally:
+        knobs.runtime.launch_enter_hook.remove(print)
+
+
+def test_host_helpers():
+    assert [L.cdiv(a, 4) for a in (0, 1, 4, 5)] == [0, 1, 1, 2]
+    assert [L.next_pow2(n) for n in (0, 1, 2, 3, 16, 17)] == [1, 1, 2, 4, 16, 32]
+
+
+@triton.jit
+def _axpy(x_ptr, y_ptr, a, n, stride, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    tl.store(y_ptr + offs * stride, tl.load(x_ptr + offs * stride, mask=ok) * a, mask=ok)
+
+
+@pytest.mark.gpu
+def test_cached_launches_follow_argument_properties():
+    """Alternate strides 1 / 3 / 16, aligned and misaligned pointers and sizes: each launch through the
+    cache must equal the reference (a wrongly reused binary would mis-stride or mis-vectorize)."""
+    base = torch.randn(4099, device="cuda")
+    sizes = []
+    for _ in range(2):
+        for stride, off, n in [(1, 0, 1024), (3, 1, 700), (16, 0, 200), (1, 1, 1023), (1, 4, 2048), (1, 0, 1)]:
+            x = base[off:]
+            y = torch.zeros_like(x)
+            L.launch(_axpy, (L.cdiv(n, 128),), x, y, 2.0, n, stride, BLOCK=128)
+            idx = torch.arange(n, device="cuda") * stride
+            assert torch.equal(y[idx], 2.0 * x[idx])
+            mask = torch.ones_like(y, dtype=torch.bool)
+            mask[idx] = False
+            assert not y[mask].any()
+        sizes.append(len(L._compiled))
+    assert L._enabled and sizes[0] > 0 and sizes[1] == sizes[0]  # the second pass launched from the cache only
