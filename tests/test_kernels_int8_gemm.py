@@ -103,6 +103,26 @@ def test_gemv_plans(plan, poisoned):
     assert torch.equal(out, (x.double() @ w.double().t()).float())
 
 
+@pytest.mark.parametrize("m,n,k,split,bk", [(40, 24, 200, 3, 32), (17, 50, 130, 4, 32), (33, 16, 64, 2, 16)])
+@pytest.mark.parametrize("out_scale", [None, 0.5])
+def test_split_k_gemm_is_exact(m, n, k, split, bk, out_scale, poisoned):
+    """K split across programs (integer atomics into a workspace, the last program's epilogue)."""
+    x, w = _int8(m, k), _int8(n, k)
+    out = torch.empty(m, n, dtype=torch.int8 if out_scale else torch.float16, device=DEV)
+    ep = G.epilogue_args(0.01, 0.02, None, out_scale, m, n, out)
+    G.launch_gemm(x, w, out, ep, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, GROUP_M=2, num_stages=1, num_warps=4,
+                                      SPLIT_K=split))
+    assert torch.equal(out, Q.int8_linear(x, w, 0.01, 0.02, out_scale=out_scale))
+
+
+def test_gemm_split_only_when_tiles_are_few():
+    assert G.gemm_split(1024, 10240, 2560, 128, 128, 128, 132) == 1
+    split = G.gemm_split(1024, 192, 5120, 64, 256, 64, 132)
+    assert 4 <= split <= 80 // 2 and 16 * split >= 132
+    assert all(c["SPLIT_K"] >= 1 for c in G.gemm_configs(1024, 192, 5120, 132))
+    assert all(c["BLOCK_M"] <= 32 for c in G.gemm_configs(20, 192, 5120, 132))
+
+
 def test_gemv_plan_fills_the_gpu():
     for n, k in [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120), (10576, 2560)]:
         bn, bk, split, per = G.gemv_plan(n, k, 132)

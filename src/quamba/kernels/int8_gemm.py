@@ -4,14 +4,16 @@
 ``y = acc * x_scale * w_scale (+ bias)`` in fp32, then either int8 requantization (round half to
 even, saturate) or a cast to ``out_dtype``. Two paths, chosen by the token count ``M``:
 
-- ``M >= 16`` (prefill): a tiled ``tl.dot`` GEMM with grouped tile order, autotuned on sm_90.
+- ``M >= 16`` (prefill): a tiled ``tl.dot`` GEMM with grouped tile order, tuned per shape on first
+  use; when the output tiles cannot fill the GPU (x_proj), K is split across programs that add
+  into an int32 workspace, and the last program of each tile runs the epilogue.
 - ``M < 16`` (decode): a weight-streaming GEMV. Each program owns ``BLOCK_N`` output channels and
   a K range, and multiplies its weight tile by the (16-row padded) activations as ``W @ x^T`` so
   the weight is the wide tensor-core operand and is read exactly once. When there are too few
   channel tiles to fill the GPU, K is split across programs into an int32 workspace that a second
   small kernel sums before the epilogue.
 Scales arrive as Python floats (kernel arguments) or device tensors (pointers); nothing here
-syncs with the host, so calls can be captured in CUDA graphs once the autotuner has run.
+syncs with the host, so calls can be captured in CUDA graphs once the tuner has run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -31,8 +34,12 @@ GEMV_MAX_M = 15
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether Triton runs kernels in its interpreter (read once: it must be set before Triton loads)."""
+    return _INTERPRET
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,11 +100,17 @@ def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
 
 
 @triton.jit
-def _gemm_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-                 M, N, K, stride_xm, stride_wn, stride_om, M_BUCKET,
+def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                 M, N, K, stride_xm, stride_wn, stride_om, k_per_split,
                  XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    """One ``BLOCK_M x BLOCK_N`` output tile over the K range ``program_id(1)`` owns.
+
+    With ``SPLIT_K > 1`` the programs of a tile add their int32 partial sums into the zeroed
+    workspace ``part`` (integer atomics: exact in any order) and count themselves in on ``cnt``; the
+    last one reads the total and runs the epilogue.
+    """
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -106,51 +119,78 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, o
     group_rows = tl.minimum(grid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % per_group) % group_rows
     pid_n = (pid % per_group) // group_rows
+    k_lo = tl.program_id(1) * k_per_split
+    k_len = tl.minimum(k_per_split, K - k_lo)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     rm = offs_m % M
     rn = offs_n % N
-    a_ptrs = x_ptr + rm[:, None] * stride_xm + offs_k[None, :]
-    b_ptrs = w_ptr + rn[None, :] * stride_wn + offs_k[:, None]
+    a_ptrs = x_ptr + rm[:, None] * stride_xm + (k_lo + offs_k)[None, :]
+    b_ptrs = w_ptr + rn[None, :] * stride_wn + (k_lo + offs_k)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(0, tl.cdiv(k_len, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
         else:
-            k_ok = offs_k < K - k * BLOCK_K
+            k_ok = offs_k < k_len - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0)
             b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    _epilogue(acc, offs_m[:, None], offs_n[None, :], M, N, out_ptr, stride_om,
-              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+    rows = offs_m[:, None]
+    cols = offs_n[None, :]
+    if SPLIT_K == 1:
+        _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
+                  xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+    else:
+        ok = (rows < M) & (cols < N)
+        part = part_ptr + rows * N + cols
+        tl.atomic_add(part, acc, mask=ok, sem="relaxed")
+        tl.debug_barrier()
+        if tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1:
+            total = tl.load(part, mask=ok, other=0, cache_modifier=".cg")
+            _epilogue(total, rows, cols, M, N, out_ptr, stride_om,
+                      xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
 
-def _gemm_configs() -> list[triton.Config]:
-    shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
-        (128, 256, 128, 3, 8), (256, 128, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 64, 4, 4),
-        (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (16, 64, 128, 4, 4),
-    ]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
-            for bm, bn, bk, s, w in shapes]
+# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: the H200 sweep's winners (benchmarks/int8_gemm_sweep.py) at the
+# Mamba shapes, then small-M tiles for short prompts.
+GEMM_TILES = [
+    (128, 128, 128, 3, 4), (128, 128, 64, 5, 4), (64, 256, 64, 5, 4), (64, 128, 128, 4, 4),
+    (256, 128, 128, 4, 8), (128, 256, 128, 3, 8), (32, 128, 128, 4, 4), (16, 64, 128, 4, 4),
+]
+_INTERPRETER_TILE = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_stages=1, num_warps=4)
 
 
-def _prune_gemm(configs, named_args, **kwargs):
-    bucket = named_args["M_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(bucket, 16)]
-    return kept or configs[-1:]
+def gemm_split(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int, sms: int) -> int:
+    """K splits for a GEMM whose output tiles alone cannot fill the GPU (x_proj: N = 192, K = 5120),
+    at least two K blocks per split; 1 when there are tiles enough."""
+    tiles = cdiv(m, block_m) * cdiv(n, block_n)
+    k_blocks = cdiv(k, block_k)
+    if 2 * tiles >= sms or k_blocks < 4:
+        return 1
+    return min(k_blocks // 2, cdiv(sms, tiles))
 
 
-# (M bucket, N, K, K % 128 == 0, device) -> the autotuner's choice: later calls launch it directly and
-# skip the autotuner's per-call Python (~30 us of host time per prefill GEMM).
+def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
+    """Candidate launch configs (tile, stages, warps, K split) for an ``[m, k] x [n, k]`` GEMM."""
+    bucket = min(next_pow2(m), 4096)
+    out = []
+    for bm, bn, bk, stages, warps in GEMM_TILES:
+        if bm > max(bucket, 16):
+            continue
+        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
+                        SPLIT_K=gemm_split(m, n, k, bm, bn, bk, sms)))
+    return out or [dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "num_warps"), GEMM_TILES[-1]),
+                        GROUP_M=8, SPLIT_K=1)]
+
+
+# (M bucket, N, K, device) -> the fastest config of ``gemm_configs``, timed once on first use.
 _TUNED: dict[tuple, dict] = {}
-
-_gemm_tuned = triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "EVEN_K"],
-                              prune_configs_by={"early_config_prune": _prune_gemm})(_gemm_kernel)
 
 
 @triton.jit
@@ -212,13 +252,13 @@ def gemv_plan(n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     Wide channel tiles when there are enough of them to cover every SM; otherwise narrower tiles
     and a K split targeting about two programs per SM (each split a whole number of K blocks).
     """
-    block_k = 256 if k >= 256 else max(32, triton.next_power_of_2(k))
-    block_n = 64 if triton.cdiv(n, 64) >= sms else 32
-    tiles = triton.cdiv(n, block_n)
-    k_blocks = triton.cdiv(k, block_k)
-    split = 1 if tiles >= sms else min(k_blocks, triton.cdiv(2 * sms, tiles))
-    per = triton.cdiv(k_blocks, split)
-    return block_n, block_k, triton.cdiv(k_blocks, per), per * block_k
+    block_k = 256 if k >= 256 else max(32, next_pow2(k))
+    block_n = 64 if cdiv(n, 64) >= sms else 32
+    tiles = cdiv(n, block_n)
+    k_blocks = cdiv(k, block_k)
+    split = 1 if tiles >= sms else min(k_blocks, cdiv(2 * sms, tiles))
+    per = cdiv(k_blocks, split)
+    return block_n, block_k, cdiv(k_blocks, per), per * block_k
 
 
 def _scale_arg(s: Scale | None, n: int, what: str, device: torch.device, dummy: Tensor) -> tuple[Tensor, float, int]:
@@ -291,26 +331,56 @@ def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale
 
 
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
-    """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps) bypasses the autotuner."""
+    """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps, optional SPLIT_K) skips tuning.
+
+    Without one, the candidates of ``gemm_configs`` are timed on the first call of each (M bucket,
+    N, K) and the fastest is kept (the first call must therefore run eagerly, not under capture).
+    """
     m, k = x.shape
     n = w.shape[0]
-    args = (x, w, out, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"],
-            ep["os_val"], m, n, k, x.stride(0), w.stride(0), out.stride(0), min(triton.next_power_of_2(m), 4096))
-    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
     if config is None and interpreting():
-        config = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_stages=1, num_warps=4)
+        config = _INTERPRETER_TILE
     if config is None:
-        key = (args[-1], n, k, k % 128 == 0, x.device)
+        key = (min(next_pow2(m), 4096), n, k, x.device)
         config = _TUNED.get(key)
         if config is None:
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-            _gemm_tuned[grid](*args, EVEN_K=k % 128 == 0, **flags)
-            best = getattr(_gemm_tuned, "best_config", None)
-            if best is not None:
-                _TUNED[key] = dict(best.kwargs, num_stages=best.num_stages, num_warps=best.num_warps)
-            return
-    grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-    _gemm_kernel[grid](*args, EVEN_K=k % config["BLOCK_K"] == 0, **flags, **config)
+            config = _TUNED[key] = _tune(x, w, out, ep)
+    _run_gemm(x, w, out, ep, config)
+
+
+def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None:
+    m, k = x.shape
+    n = w.shape[0]
+    cfg = dict(config)
+    split = cfg.pop("SPLIT_K", 1)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    k_blocks = cdiv(k, bk)
+    per = cdiv(k_blocks, split) * bk
+    split = cdiv(k, per)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
+    part = torch.zeros(m * n + tiles, dtype=torch.int32, device=x.device) if split > 1 else out
+    cnt = part[m * n:] if split > 1 else out
+    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"],
+           ep["b_ptr"], ep["os_ptr"], ep["os_val"], m, n, k, x.stride(0), w.stride(0), out.stride(0), per,
+           XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"],
+           EVEN_K=k % bk == 0, SPLIT_K=split, **cfg)
+
+
+def _tune(x: Tensor, w: Tensor, out: Tensor, ep: dict) -> dict:
+    from triton.testing import do_bench
+
+    m, k = x.shape
+    best, best_ms = None, float("inf")
+    for cfg in gemm_configs(m, w.shape[0], k, num_sms(x.device)):
+        try:
+            ms = do_bench(lambda: _run_gemm(x, w, out, ep, cfg), warmup=3, rep=10, return_mode="median")
+        except Exception:  # a tile that does not fit this GPU (shared memory, registers)
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        raise InvalidArgumentError(f"no int8 GEMM config runs for M={m}, N={w.shape[0]}, K={k}")
+    return best
 
 
 def launch_gemv(x: Tensor, w: Tensor, out: Tensor, ep: dict, plan: tuple[int, int, int, int],
@@ -322,11 +392,11 @@ def launch_gemv(x: Tensor, w: Tensor, out: Tensor, ep: dict, plan: tuple[int, in
     flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
     scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
     part = torch.empty((split, m, n), dtype=torch.int32, device=x.device) if split > 1 else out
-    _gemv_kernel[(triton.cdiv(n, block_n), split)](
+    launch(_gemv_kernel, (cdiv(n, block_n), split),
         x, w, out, part, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per, **flags,
         SPLIT=split > 1, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
         num_stages=1 if interpreting() else num_stages, num_warps=4 if block_n <= 64 else 8)
     if split > 1:
         block = 256
-        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+        launch(_splitk_reduce_kernel, (cdiv(m * n, block),),
             part, out, *scales, m, n, split, out.stride(0), **flags, BLOCK=block, num_warps=4)
