@@ -45,14 +45,9 @@ def channel_vector(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | 
     """A per-channel parameter as a contiguous 1-D tensor of ``n`` elements (None stays None)."""
     if t is None:
         return None
-    check(t.numel() == n, f"{name} has {t.numel()} elements, expected {n}")
+    if not (t.numel() == n):
+        raise InvalidArgumentError(f"{name} has {t.numel()} elements, expected {n}")
     return t.reshape(-1).contiguous()
-
-
-def check(cond: bool, msg: str) -> None:
-    """Raise ``InvalidArgumentError(msg)`` unless ``cond`` (shape checks before a launch reads out of bounds)."""
-    if not cond:
-        raise InvalidArgumentError(msg)
 
 
 @triton.jit

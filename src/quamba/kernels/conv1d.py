@@ -13,8 +13,9 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import check, pow2, silu
+from ._small_common import pow2, silu
 from .launch import launch, cdiv
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 
@@ -79,21 +80,25 @@ def _conv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
 
 
 def _check_common(d: int, k: int, weight: Tensor, bias: Tensor | None) -> None:
-    check(weight.dim() == 2 and weight.shape[0] == d, f"conv weight {tuple(weight.shape)} does not match {d} channels")
-    check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
-    check(bias is None or bias.numel() == d, f"conv bias does not match {d} channels")
+    if not (weight.dim() == 2 and weight.shape[0] == d):
+        raise InvalidArgumentError(f"conv weight {tuple(weight.shape)} does not match {d} channels")
+    if not (1 <= k <= 8):
+        raise InvalidArgumentError(f"conv width {k} not supported (1..8)")
+    if not (bias is None or bias.numel() == d):
+        raise InvalidArgumentError(f"conv bias does not match {d} channels")
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
                   initial_state: Tensor | None = None) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``; see ``reference.causal_conv1d``."""
-    check(x.dim() == 3, f"causal_conv1d expects x [B, L, D], got {tuple(x.shape)}")
+    if not (x.dim() == 3):
+        raise InvalidArgumentError(f"causal_conv1d expects x [B, L, D], got {tuple(x.shape)}")
     bsz, L, d = x.shape
     k = weight.shape[-1]
     _check_common(d, k, weight, bias)
     if initial_state is not None:
-        check(tuple(initial_state.shape) == (bsz, d, k),
-              f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
+        if not (tuple(initial_state.shape) == (bsz, d, k)):
+            raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
     y = torch.empty((bsz, L, d), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
@@ -103,12 +108,12 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     block_l = 32 if L >= 32 else pow2(L, 4)
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_conv_fwd_kernel, grid,
-        x, weight, bias_c, st, y, L, d,
-        x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
-        st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
-        st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-        K=k, HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
-        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+           x, weight, bias_c, st, y, L, d,
+           x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
+           st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
+           st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
+           K=k, HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
+           BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
     return y
 
 
@@ -123,12 +128,14 @@ def update_block(d: int, bsz: int) -> tuple[int, int]:
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          silu: bool = True) -> Tensor:
     """One decode step: shift ``x [B, D]`` into ``conv_state [B, D, K]`` (in place) and convolve."""
-    check(x.dim() == 2, f"causal_conv1d_update expects x [B, D], got {tuple(x.shape)}")
+    if not (x.dim() == 2):
+        raise InvalidArgumentError(f"causal_conv1d_update expects x [B, D], got {tuple(x.shape)}")
     bsz, d = x.shape
     k = conv_state.shape[-1]
     _check_common(d, k, weight, bias)
-    check(tuple(conv_state.shape) == (bsz, d, k) and weight.shape[1] == k,
-          f"conv_state {tuple(conv_state.shape)} / weight {tuple(weight.shape)} do not match x {tuple(x.shape)}")
+    if not (tuple(conv_state.shape) == (bsz, d, k) and weight.shape[1] == k):
+        raise InvalidArgumentError(f"conv_state {tuple(conv_state.shape)} / weight {tuple(weight.shape)} do not match "
+                                   f"x {tuple(x.shape)}")
     y = torch.empty((bsz, d), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
@@ -136,9 +143,9 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
     block_d, warps = update_block(d, bsz)
     grid = (cdiv(d, block_d), bsz)
     launch(_conv_update_kernel, grid,
-        x, conv_state, weight, bias_c, y, d,
-        x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        weight.stride(0), weight.stride(1), y.stride(0),
-        K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=block_d, num_warps=warps,
-        **pdl_args(x))
+           x, conv_state, weight, bias_c, y, d,
+           x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+           weight.stride(0), weight.stride(1), y.stride(0),
+           K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=block_d, num_warps=warps,
+           **pdl_args(x))
     return y

@@ -90,9 +90,9 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         bn = max(1, bn * 2 // bm)
     bn, bk = block_n or bn, block_k or bk
     launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
-                                        weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
-                                        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-                                        **pdl_args(x2))
+           weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
+           BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+           **pdl_args(x2))
     return y
 
 
@@ -234,15 +234,16 @@ def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: di
     grid = (cdiv(n, block_n),)
     if INT8_VARIANTS[variant] is None or not _words_ok(x, w):
         launch(_int8_gemv_kernel, grid, x, w, out, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), **flags,
-                                BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-                                **pdl_args(x))
+               BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+               **pdl_args(x))
         return
     dp4a, prefetch = INT8_VARIANTS[variant]
     block_k4 = max(1, block_k // 4)
-    launch(_int8_gemv4_kernel, grid, x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4, out.stride(0),
-                             **flags, USE_DP4A=dp4a and not interpreting(), PREFETCH=prefetch and k >= block_k4 * 4,
-                             BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps,
-                             **pdl_args(x))
+    launch(_int8_gemv4_kernel, grid, x, w, out, *scales, m, n, k // 4, x.stride(0) // 4, w.stride(0) // 4,
+           out.stride(0),
+           **flags, USE_DP4A=dp4a and not interpreting(), PREFETCH=prefetch and k >= block_k4 * 4,
+           BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K4=block_k4, num_warps=num_warps,
+           **pdl_args(x))
 
 
 def int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: dict) -> None:

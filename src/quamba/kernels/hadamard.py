@@ -298,9 +298,9 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
     launch(_hadamard_quant_kernel, grid,
-        x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
-        R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-        INTERP=interpreting(), num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
+           x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
+           R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
+           INTERP=interpreting(), num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
 
 
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:

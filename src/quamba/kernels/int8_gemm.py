@@ -393,10 +393,10 @@ def launch_gemv(x: Tensor, w: Tensor, out: Tensor, ep: dict, plan: tuple[int, in
     scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
     part = torch.empty((split, m, n), dtype=torch.int32, device=x.device) if split > 1 else out
     launch(_gemv_kernel, (cdiv(n, block_n), split),
-        x, w, out, part, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per, **flags,
-        SPLIT=split > 1, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
-        num_stages=1 if interpreting() else num_stages, num_warps=4 if block_n <= 64 else 8)
+           x, w, out, part, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per, **flags,
+           SPLIT=split > 1, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=16,
+           num_stages=1 if interpreting() else num_stages, num_warps=4 if block_n <= 64 else 8)
     if split > 1:
         block = 256
         launch(_splitk_reduce_kernel, (cdiv(m * n, block),),
-            part, out, *scales, m, n, split, out.stride(0), **flags, BLOCK=block, num_warps=4)
+               part, out, *scales, m, n, split, out.stride(0), **flags, BLOCK=block, num_warps=4)

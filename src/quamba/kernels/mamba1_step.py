@@ -28,10 +28,11 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg,
+from ._small_common import (channel_vector, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg,
                             silu, softplus)
 from .qconv1d import _dequant_silu_quant
 from .launch import launch, cdiv
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -181,17 +182,22 @@ def dtproj_state_plan(dim: int, n: int, r: int, bsz: int) -> tuple[int, int]:
 
 
 def _check_conv(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None, xproj_w: Tensor) -> None:
-    check(x.dim() == 2, f"x must be [B, D], got {tuple(x.shape)}")
+    if not (x.dim() == 2):
+        raise InvalidArgumentError(f"x must be [B, D], got {tuple(x.shape)}")
     bsz, d = x.shape
-    check(conv_state.dim() == 3 and tuple(conv_state.shape[:2]) == (bsz, d),
-          f"conv_state {tuple(conv_state.shape)} does not match x {tuple(x.shape)}")
+    if not (conv_state.dim() == 3 and tuple(conv_state.shape[:2]) == (bsz, d)):
+        raise InvalidArgumentError(f"conv_state {tuple(conv_state.shape)} does not match x {tuple(x.shape)}")
     k = conv_state.shape[2]
-    check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
-    check(tuple(conv_w.shape) == (d, k), f"conv weight {tuple(conv_w.shape)} != {(d, k)}")
-    check(conv_b is None or conv_b.numel() == d, f"conv bias does not match {d} channels")
-    check(xproj_w.dim() == 2 and xproj_w.shape[1] == d,
-          f"x_proj weight {tuple(xproj_w.shape)} does not take {d} inputs")
-    check(xproj_w.shape[0] <= 1024, f"x_proj has {xproj_w.shape[0]} outputs; at most 1024 supported")
+    if not (1 <= k <= 8):
+        raise InvalidArgumentError(f"conv width {k} not supported (1..8)")
+    if not (tuple(conv_w.shape) == (d, k)):
+        raise InvalidArgumentError(f"conv weight {tuple(conv_w.shape)} != {(d, k)}")
+    if not (conv_b is None or conv_b.numel() == d):
+        raise InvalidArgumentError(f"conv bias does not match {d} channels")
+    if not (xproj_w.dim() == 2 and xproj_w.shape[1] == d):
+        raise InvalidArgumentError(f"x_proj weight {tuple(xproj_w.shape)} does not take {d} inputs")
+    if not (xproj_w.shape[0] <= 1024):
+        raise InvalidArgumentError(f"x_proj has {xproj_w.shape[0]} outputs; at most 1024 supported")
 
 
 def launch_conv_xproj(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None, xproj_w: Tensor,
@@ -202,24 +208,25 @@ def launch_conv_xproj(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Ten
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (us, usv, usm) = scales
     b_c = conv_b.reshape(-1).contiguous() if conv_b is not None else None
     launch(_conv_xproj_kernel, (cdiv(d, block_d), bsz),
-        x, conv_state, conv_w, b_c, xproj_w, u, acc, d, nr, xs, xsv, ws, wsv, bs, bsv, us, usv,
-        *x.stride(), *conv_state.stride(), *conv_w.stride(), *xproj_w.stride(), u.stride(0), acc.stride(0),
-        QUANT=x.dtype == torch.int8, XS_M=xsm, WS_M=wsm, BS_M=bsm, US_M=usm, K=k, KP=pow2(k, 2),
-        HAS_BIAS=conv_b is not None, BLOCK_D=block_d, BLOCK_R=pow2(nr, 16), num_warps=num_warps,
-        **pdl_args(x))
+           x, conv_state, conv_w, b_c, xproj_w, u, acc, d, nr, xs, xsv, ws, wsv, bs, bsv, us, usv,
+           *x.stride(), *conv_state.stride(), *conv_w.stride(), *xproj_w.stride(), u.stride(0), acc.stride(0),
+           QUANT=x.dtype == torch.int8, XS_M=xsm, WS_M=wsm, BS_M=bsm, US_M=usm, K=k, KP=pow2(k, 2),
+           HAS_BIAS=conv_b is not None, BLOCK_D=block_d, BLOCK_R=pow2(nr, 16), num_warps=num_warps,
+           **pdl_args(x))
 
 
 def _acc(acc: Tensor | None, bsz: int, nr: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     if acc is None:
         return torch.zeros((bsz, nr), device=device, dtype=dtype)
-    check(tuple(acc.shape) == (bsz, nr) and acc.dtype == dtype and acc.is_contiguous(),
-          f"acc must be a contiguous {dtype} [{bsz}, {nr}] tensor, got {acc.dtype} {tuple(acc.shape)}")
+    if not (tuple(acc.shape) == (bsz, nr) and acc.dtype == dtype and acc.is_contiguous()):
+        raise InvalidArgumentError(f"acc must be a contiguous {dtype} [{bsz}, {nr}] tensor, got {acc.dtype} "
+                                   f"{tuple(acc.shape)}")
     return acc
 
 
 def _done(done: Tensor | None, bsz: int) -> Tensor | None:
-    check(done is None or (done.dtype == torch.int32 and done.numel() == bsz),
-          f"done must be an int32 counter of {bsz} entries")
+    if not (done is None or (done.dtype == torch.int32 and done.numel() == bsz)):
+        raise InvalidArgumentError(f"done must be an int32 counter of {bsz} entries")
     return done
 
 
@@ -242,7 +249,8 @@ def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: 
     """Int8 conv update + SiLU + x_proj accumulator in one launch; see ``fused_reference.qconv_xproj_step``."""
     _check_conv(x_q, conv_state, conv_w_q, conv_b_q, xproj_w_q)
     for t in (x_q, conv_state, conv_w_q, conv_b_q, xproj_w_q):
-        check(t is None or t.dtype == torch.int8, f"expected int8 tensors, got {t.dtype if t is not None else None}")
+        if not (t is None or t.dtype == torch.int8):
+            raise InvalidArgumentError(f"expected int8 tensors, got {t.dtype if t is not None else None}")
     bsz, d = x_q.shape
     scales = (scale_arg(x_scale, d, "x_scale"), scale_arg(conv_w_scale, d, "conv_w_scale"),
               scale_arg(conv_b_scale if conv_b_q is not None else None, d, "conv_b_scale"),
@@ -256,17 +264,23 @@ def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: 
 
 
 def _check_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, A: Tensor, z: Tensor | None) -> None:
-    check(u.dim() == 2, f"u must be [B, D], got {tuple(u.shape)}")
+    if not (u.dim() == 2):
+        raise InvalidArgumentError(f"u must be [B, D], got {tuple(u.shape)}")
     bsz, d = u.shape
-    check(state.dim() == 3 and tuple(state.shape[:2]) == (bsz, d),
-          f"state {tuple(state.shape)} does not match u {tuple(u.shape)}")
+    if not (state.dim() == 3 and tuple(state.shape[:2]) == (bsz, d)):
+        raise InvalidArgumentError(f"state {tuple(state.shape)} does not match u {tuple(u.shape)}")
     n = state.shape[2]
-    check(tuple(A.shape) == (d, n), f"A {tuple(A.shape)} != {(d, n)}")
-    check(dt_w.dim() == 2 and dt_w.shape[0] == d, f"dt_proj weight {tuple(dt_w.shape)} does not give {d} outputs")
+    if not (tuple(A.shape) == (d, n)):
+        raise InvalidArgumentError(f"A {tuple(A.shape)} != {(d, n)}")
+    if not (dt_w.dim() == 2 and dt_w.shape[0] == d):
+        raise InvalidArgumentError(f"dt_proj weight {tuple(dt_w.shape)} does not give {d} outputs")
     r = dt_w.shape[1]
-    check(r <= 1024, f"dt_rank {r} > 1024 not supported")
-    check(tuple(dbc.shape) == (bsz, r + 2 * n), f"dbc {tuple(dbc.shape)} != {(bsz, r + 2 * n)}")
-    check(z is None or tuple(z.shape) == (bsz, d), f"z must be {(bsz, d)}")
+    if not (r <= 1024):
+        raise InvalidArgumentError(f"dt_rank {r} > 1024 not supported")
+    if not (tuple(dbc.shape) == (bsz, r + 2 * n)):
+        raise InvalidArgumentError(f"dbc {tuple(dbc.shape)} != {(bsz, r + 2 * n)}")
+    if not (z is None or tuple(z.shape) == (bsz, d)):
+        raise InvalidArgumentError(f"z must be {(bsz, d)}")
 
 
 def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,
@@ -279,21 +293,22 @@ def launch_dtproj_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_
     (sst, sstv, sstm), (us, usv, usm), (xws, xwsv, xwsm), (dbcs, dbcsv, dbcsm), (dtws, dtwsv, dtwsm), \
         (dts, dtsv, dtsm), (zs, zsv, zsm) = scales
     launch(_dtproj_state_kernel, (cdiv(d, block_d), bsz),
-        state, u, dbc, dt_w, dtb, A, D_, z, y, done,
-        sst, sstv, us, usv, xws, xwsv, dbcs, dbcsv, dtws, dtwsv, dts, dtsv, zs, zsv,
-        d, n, r, *state.stride(), *u.stride(), *dbc.stride(), *dt_w.stride(), *A.stride(),
-        *(z.stride() if z is not None else (0, 0)), y.stride(0),
-        QUANT=state.dtype == torch.int8, SST_M=sstm, US_M=usm, XWS_M=xwsm, DBCS_M=dbcsm, DTWS_M=dtwsm,
-        DTS_M=dtsm, ZS_M=zsm, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
-        RECYCLE=done is not None, BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps,
-        **pdl_args(u))
+           state, u, dbc, dt_w, dtb, A, D_, z, y, done,
+           sst, sstv, us, usv, xws, xwsv, dbcs, dbcsv, dtws, dtwsv, dts, dtsv, zs, zsv,
+           d, n, r, *state.stride(), *u.stride(), *dbc.stride(), *dt_w.stride(), *A.stride(),
+           *(z.stride() if z is not None else (0, 0)), y.stride(0),
+           QUANT=state.dtype == torch.int8, SST_M=sstm, US_M=usm, XWS_M=xwsm, DBCS_M=dbcsm, DTWS_M=dtwsm,
+           DTS_M=dtsm, ZS_M=zsm, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
+           RECYCLE=done is not None, BLOCK_D=block_d, BLOCK_N=pow2(n, 16), BLOCK_R=pow2(r, 16), num_warps=num_warps,
+           **pdl_args(u))
 
 
 def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bias: Tensor | None, A: Tensor,
                       D: Tensor | None, z: Tensor | None, done: Tensor | None = None) -> Tensor:
     """dt_proj + softplus + selective state update in one launch; see ``fused_reference.dtproj_state_step``."""
     _check_state(state, u, dbc, dt_w, A, z)
-    check(state.dtype != torch.int8, "dtproj_state_step takes a float state; use qdtproj_state_step for int8")
+    if not (state.dtype != torch.int8):
+        raise InvalidArgumentError("dtproj_state_step takes a float state; use qdtproj_state_step for int8")
     bsz, d = u.shape
     y = torch.empty((bsz, d), device=u.device, dtype=u.dtype)
     if y.numel() and state.shape[2]:
@@ -309,8 +324,10 @@ def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: 
     """Int8 dt_proj + int8 state update in one launch; see ``fused_reference.qdtproj_state_step``."""
     _check_state(state, u_q, acc, dt_w_q, A, z_q)
     for t in (state, u_q, dt_w_q, z_q):
-        check(t is None or t.dtype == torch.int8, f"expected int8 tensors, got {t.dtype if t is not None else None}")
-    check(acc.dtype == torch.int32, f"acc must be the int32 x_proj accumulator, got {acc.dtype}")
+        if not (t is None or t.dtype == torch.int8):
+            raise InvalidArgumentError(f"expected int8 tensors, got {t.dtype if t is not None else None}")
+    if not (acc.dtype == torch.int32):
+        raise InvalidArgumentError(f"acc must be the int32 x_proj accumulator, got {acc.dtype}")
     bsz, d = u_q.shape
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(u_scale, "u_scale"),
               scale_arg(xproj_w_scale, acc.shape[1], "xproj_w_scale"), per_tensor_scale_arg(dbc_scale, "dbc_scale"),

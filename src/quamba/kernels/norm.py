@@ -10,9 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import check, load_scale, pow2, silu
+from ._small_common import load_scale, pow2, silu
 from .pdl import pdl_args, pdl_sync
 from .launch import launch
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 
@@ -88,9 +89,11 @@ def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps:
                  residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """``residual += x`` then RMSNorm; returns ``(normed, new_residual)`` as ``reference.add_rms_norm``."""
     d = x.shape[-1]
-    check(residual is None or residual.shape == x.shape,
-          f"residual {None if residual is None else tuple(residual.shape)} does not match x {tuple(x.shape)}")
-    check(weight is None or weight.numel() == d, f"norm weight does not match {d} channels")
+    if not (residual is None or residual.shape == x.shape):
+        raise InvalidArgumentError(f"residual {None if residual is None else tuple(residual.shape)} does not match x "
+                                   f"{tuple(x.shape)}")
+    if not (weight is None or weight.numel() == d):
+        raise InvalidArgumentError(f"norm weight does not match {d} channels")
     x2 = rows_of(x, d)
     r2 = rows_of(residual, d) if residual is not None else None
     res_dtype = torch.float32 if residual_in_fp32 else (residual.dtype if residual is not None else x.dtype)
@@ -103,9 +106,9 @@ def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps:
         return y, res
     block = pow2(d, 16)
     launch(_add_rms_norm_kernel, (rows,),
-        x2, r2, weight, y, res if store_res else None, d, x2.stride(0), r2.stride(0) if r2 is not None else 0,
-        d, d, float(eps), HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res,
-        BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
+           x2, r2, weight, y, res if store_res else None, d, x2.stride(0), r2.stride(0) if r2 is not None else 0,
+           d, d, float(eps), HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res,
+           BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y, res
 
 
@@ -113,9 +116,12 @@ def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float,
                  out_dtype: torch.dtype, round_mid: bool, zs=None, zs_val: float = 1.0, zs_mode: int = 0) -> Tensor:
     """Shared launcher of the (int8-gate or float-gate) gated RMSNorm kernel."""
     d = x.shape[-1]
-    check(group_size > 0 and d % group_size == 0, f"group size {group_size} does not divide {d} channels")
-    check(z is None or z.shape == x.shape, f"gate {None if z is None else tuple(z.shape)} != x {tuple(x.shape)}")
-    check(weight is None or weight.numel() == d, f"norm weight does not match {d} channels")
+    if not (group_size > 0 and d % group_size == 0):
+        raise InvalidArgumentError(f"group size {group_size} does not divide {d} channels")
+    if not (z is None or z.shape == x.shape):
+        raise InvalidArgumentError(f"gate {None if z is None else tuple(z.shape)} != x {tuple(x.shape)}")
+    if not (weight is None or weight.numel() == d):
+        raise InvalidArgumentError(f"norm weight does not match {d} channels")
     x2 = rows_of(x, d)
     z2 = rows_of(z, d) if z is not None else None
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
@@ -124,9 +130,9 @@ def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float,
         return y
     block = pow2(group_size, 16)
     launch(_gated_rms_norm_kernel, (rows, d // group_size),
-        x2, z2, weight, y, zs, zs_val, group_size, x2.stride(0), z2.stride(0) if z2 is not None else 0, d,
-        float(eps), HAS_Z=z is not None, Z_INT8=z is not None and z.dtype == torch.int8, ZS_MODE=zs_mode,
-        HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
+           x2, z2, weight, y, zs, zs_val, group_size, x2.stride(0), z2.stride(0) if z2 is not None else 0, d,
+           float(eps), HAS_Z=z is not None, Z_INT8=z is not None and z.dtype == torch.int8, ZS_MODE=zs_mode,
+           HAS_W=weight is not None, ROUND_MID=round_mid, BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y
 
 

@@ -11,9 +11,10 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg, silu
+from ._small_common import load_scale, pow2, quantize_int8, scale_arg, silu
 from .conv1d import update_block
 from .launch import launch, cdiv
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -97,22 +98,28 @@ def _scales(d: int, x_scale: Scale, w_scale: Scale, b_q: Tensor | None, b_scale:
 
 
 def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None) -> None:
-    check(w_q.dim() == 2 and w_q.shape[0] == d, f"conv weight {tuple(w_q.shape)} does not match {d} channels")
-    check(1 <= k <= 8, f"conv width {k} not supported (1..8)")
-    check(b_q is None or b_q.numel() == d, f"conv bias does not match {d} channels")
+    if not (w_q.dim() == 2 and w_q.shape[0] == d):
+        raise InvalidArgumentError(f"conv weight {tuple(w_q.shape)} does not match {d} channels")
+    if not (1 <= k <= 8):
+        raise InvalidArgumentError(f"conv width {k} not supported (1..8)")
+    if not (b_q is None or b_q.numel() == d):
+        raise InvalidArgumentError(f"conv bias does not match {d} channels")
     for t in (w_q, b_q) + int8:
-        check(t is None or t.dtype == torch.int8, f"expected int8 tensors, got {t.dtype if t is not None else None}")
+        if not (t is None or t.dtype == torch.int8):
+            raise InvalidArgumentError(f"expected int8 tensors, got {t.dtype if t is not None else None}")
 
 
 def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q: Tensor | None,
                    b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
-    check(x_q.dim() == 3, f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
+    if not (x_q.dim() == 3):
+        raise InvalidArgumentError(f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
     bsz, L, d = x_q.shape
     k = w_q.shape[-1]
     _check(d, k, w_q, b_q, x_q, initial_state)
     if initial_state is not None:
-        check(tuple(initial_state.shape) == (bsz, d, k), f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
+        if not (tuple(initial_state.shape) == (bsz, d, k)):
+            raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
     y = torch.empty((bsz, L, d), device=x_q.device, dtype=torch.int8)
@@ -124,24 +131,26 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
     block_l = 32 if L >= 32 else pow2(L, 4)
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_qconv_fwd_kernel, grid,
-        x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
-        x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
-        st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
-        st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-        XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, HAS_BIAS=b_q is not None, HAS_STATE=st is not None,
-        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+           x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+           x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
+           st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
+           st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
+           XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, HAS_BIAS=b_q is not None, HAS_STATE=st is not None,
+           BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
     return y
 
 
 def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
                           b_q: Tensor | None, b_scale: Scale | None, out_scale: Scale) -> Tensor:
     """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output."""
-    check(x_q.dim() == 2, f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
+    if not (x_q.dim() == 2):
+        raise InvalidArgumentError(f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
     bsz, d = x_q.shape
     k = conv_state.shape[-1]
     _check(d, k, w_q, b_q, x_q, conv_state)
-    check(tuple(conv_state.shape) == (bsz, d, k) and w_q.shape[1] == k,
-          f"conv_state {tuple(conv_state.shape)} / weight {tuple(w_q.shape)} do not match x {tuple(x_q.shape)}")
+    if not (tuple(conv_state.shape) == (bsz, d, k) and w_q.shape[1] == k):
+        raise InvalidArgumentError(f"conv_state {tuple(conv_state.shape)} / weight {tuple(w_q.shape)} do not match x "
+                                   f"{tuple(x_q.shape)}")
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
     y = torch.empty((bsz, d), device=x_q.device, dtype=torch.int8)
@@ -150,9 +159,9 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     block_d, warps = update_block(d, bsz)
     launch(_qconv_update_kernel, (cdiv(d, block_d), bsz),
-        x_q, conv_state, w_q, b_c, y, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
-        x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
-        w_q.stride(0), w_q.stride(1), y.stride(0),
-        XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-        BLOCK_D=block_d, num_warps=warps, **pdl_args(x_q))
+           x_q, conv_state, w_q, b_c, y, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+           x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+           w_q.stride(0), w_q.stride(1), y.stride(0),
+           XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
+           BLOCK_D=block_d, num_warps=warps, **pdl_args(x_q))
     return y

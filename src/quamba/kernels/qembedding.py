@@ -53,5 +53,6 @@ def qembedding(ids: Tensor, w_q: Tensor, row_scales: Tensor, out_dtype: torch.dt
     if flat.numel() and d:
         block = min(next_pow2(d), 1024)
         launch(_qembedding_kernel, (flat.numel(), cdiv(d, block)),
-            flat, w, scales, out, v, d, flat.stride(0), w.stride(0), scales.stride(0), BLOCK_D=block, num_warps=4, **pdl_args(w_q))
+               flat, w, scales, out, v, d, flat.stride(0), w.stride(0), scales.stride(0), BLOCK_D=block, num_warps=4,
+               **pdl_args(w_q))
     return out.reshape(*ids.shape, d)

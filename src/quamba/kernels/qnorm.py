@@ -10,10 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import check, load_scale, pow2, quantize_int8, scale_arg
+from ._small_common import load_scale, pow2, quantize_int8, scale_arg
 from .norm import launch_gated, norm_warps, residual_sum, rows_of
 from .pdl import pdl_args, pdl_sync
 from .launch import launch
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -41,9 +42,11 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
                   residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """Residual add + RMSNorm with int8 output: ``(int8 normed, new residual)``; see ``qreference``."""
     d = x.shape[-1]
-    check(residual is None or residual.shape == x.shape,
-          f"residual {None if residual is None else tuple(residual.shape)} does not match x {tuple(x.shape)}")
-    check(weight is None or weight.numel() == d, f"norm weight does not match {d} channels")
+    if not (residual is None or residual.shape == x.shape):
+        raise InvalidArgumentError(f"residual {None if residual is None else tuple(residual.shape)} does not match x "
+                                   f"{tuple(x.shape)}")
+    if not (weight is None or weight.numel() == d):
+        raise InvalidArgumentError(f"norm weight does not match {d} channels")
     os_, osv, osm = scale_arg(out_scale, d, "out_scale")
     x2 = rows_of(x, d)
     r2 = rows_of(residual, d) if residual is not None else None
@@ -56,16 +59,17 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
         return y, res
     block = pow2(d, 16)
     launch(_qadd_rms_norm_kernel, (rows,),
-        x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
-        r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
-        HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,
-        BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
+           x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
+           r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
+           HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,
+           BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
     return y, res
 
 
 def qgated_rms_norm(y: Tensor, z_q: Tensor, z_scale: Scale, weight: Tensor | None, eps: float, group_size: int,
                     out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba2 gated RMSNorm with an int8 gate; see ``qreference.qgated_rms_norm``."""
-    check(z_q.dtype == torch.int8, f"z_q must be int8, got {z_q.dtype}")
+    if not (z_q.dtype == torch.int8):
+        raise InvalidArgumentError(f"z_q must be int8, got {z_q.dtype}")
     zs, zsv, zsm = scale_arg(z_scale, y.shape[-1], "z_scale")
     return launch_gated(y, z_q, weight, eps, group_size, out_dtype, round_mid=False, zs=zs, zs_val=zsv, zs_mode=zsm)

@@ -36,9 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import check as _check
 from .int8_gemm import num_sms
 from .launch import launch, cdiv, next_pow2
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 
@@ -439,7 +439,8 @@ def state_block(p: ScanPlan, np2: int) -> int:
 
 def _scale(s, name: str):
     if isinstance(s, Tensor):
-        _check(s.numel() == 1, f"{name} must be a float or a one-element tensor, got {tuple(s.shape)}")
+        if not (s.numel() == 1):
+            raise InvalidArgumentError(f"{name} must be a float or a one-element tensor, got {tuple(s.shape)}")
         return s.reshape(1).float()
     return float(s)
 
@@ -452,20 +453,26 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
 
     ``chunk``, ``bd``, ``t_block`` override the plan (see ``scan_plan``).
     """
-    _check(u.dim() == 3 and dt.shape == u.shape, f"u and delta must be [B, L, D] alike, got "
+    if not (u.dim() == 3 and dt.shape == u.shape):
+        raise InvalidArgumentError(f"u and delta must be [B, L, D] alike, got "
            f"{tuple(u.shape)} and {tuple(dt.shape)}")
     bt, L, d = u.shape
-    _check(A.dim() == 2 and A.shape[0] == d, f"A must be [{d}, N], got {tuple(A.shape)}")
+    if not (A.dim() == 2 and A.shape[0] == d):
+        raise InvalidArgumentError(f"A must be [{d}, N], got {tuple(A.shape)}")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        _check(t.shape == (bt, L, n), f"{name} must be [{bt}, {L}, {n}], got {tuple(t.shape)}")
+        if not (t.shape == (bt, L, n)):
+            raise InvalidArgumentError(f"{name} must be [{bt}, {L}, {n}], got {tuple(t.shape)}")
     if z is not None:
-        _check(z.shape == u.shape, f"z must be {tuple(u.shape)}, got {tuple(z.shape)}")
+        if not (z.shape == u.shape):
+            raise InvalidArgumentError(f"z must be {tuple(u.shape)}, got {tuple(z.shape)}")
     if init is not None:
-        _check(init.shape == (bt, d, n), f"initial_state must be [{bt}, {d}, {n}], got {tuple(init.shape)}")
+        if not (init.shape == (bt, d, n)):
+            raise InvalidArgumentError(f"initial_state must be [{bt}, {d}, {n}], got {tuple(init.shape)}")
     for name, t in (("D", D), ("delta_bias", bias)):
         if t is not None:
-            _check(t.numel() == d, f"{name} must have {d} elements, got {tuple(t.shape)}")
+            if not (t.numel() == d):
+                raise InvalidArgumentError(f"{name} must have {d} elements, got {tuple(t.shape)}")
     quant = scales is not None
     y = torch.empty(bt, L, d, device=u.device, dtype=out_dtype)
     last = torch.empty(bt, d, n, device=u.device, dtype=torch.int8 if quant else torch.float32)
@@ -491,22 +498,22 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     fold = 1 < p.n_chunks <= FOLD_CHUNKS + 1
     if p.n_chunks > 1:
         launch(_chunk_state_kernel, (nblk, p.n_chunks - 1, bt),
-            u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
-            *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
-            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=state_block(p, np2),
-            num_warps=1, **flags)
+               u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
+               *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
+               HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=state_block(p, np2),
+               num_warps=1, **flags)
         if not fold:
             launch(_chunk_combine_kernel, (cdiv(d, COMBINE_BD), bt),
-                A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
-                HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
+                   A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
+                   HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags)
     regs = SCAN_MAX_REGS if p.t_block * np2 * max(1, p.bd // 8) <= 128 else None
     launch(_chunk_scan_kernel, (nblk, p.n_chunks, bt),
-        u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
-        *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
-        su, sdt, sz, ss, sb, scc,
-        HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_INIT=init is not None, FAST=u.is_cuda, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
-        num_warps=1, maxnreg=regs, **flags)
+           u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
+           *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
+           su, sdt, sz, ss, sb, scc,
+           HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
+           HAS_INIT=init is not None, FAST=u.is_cuda, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
+           num_warps=1, maxnreg=regs, **flags)
     return y, last
 
 
@@ -530,7 +537,8 @@ def qselective_scan(u_q: Tensor, u_scale: float, dt_q: Tensor, dt_scale: float, 
     for name, t in (("u_q", u_q), ("dt_q", dt_q), ("B_q", B_q), ("C_q", C_q), ("z_q", z_q),
                     ("initial_state", initial_state)):
         if t is not None:
-            _check(t.dtype == torch.int8, f"{name} must be int8, got {t.dtype}")
+            if not (t.dtype == torch.int8):
+                raise InvalidArgumentError(f"{name} must be int8, got {t.dtype}")
     scales = (_scale(u_scale, "u_scale"), _scale(dt_scale, "dt_scale"),
               _scale(z_scale, "z_scale") if z_q is not None else 1.0, _scale(state_scale, "state_scale"),
               _scale(B_scale, "B_scale"), _scale(C_scale, "C_scale"))

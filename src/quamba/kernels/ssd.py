@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .selective_scan import _check, _scale, quantize_int8, scalar_arg, softplus
+from .selective_scan import _scale, quantize_int8, scalar_arg, softplus
 from .launch import launch, cdiv, next_pow2
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 
@@ -289,23 +290,31 @@ _TORCH = {v: k for k, v in _OP.items()}
 
 def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, out_dtype, scales):
     """Shared wrapper; ``scales`` = (x, dt, B, C, state) scales on the int8 path, None for fp inputs."""
-    _check(x.dim() == 4, f"x must be [B, L, H, P], got {tuple(x.shape)}")
+    if not (x.dim() == 4):
+        raise InvalidArgumentError(f"x must be [B, L, H, P], got {tuple(x.shape)}")
     bt, L, h, p = x.shape
-    _check(dt.shape == (bt, L, h), f"dt must be [{bt}, {L}, {h}], got {tuple(dt.shape)}")
-    _check(B.dim() == 4 and B.shape[:2] == (bt, L) and C.shape == B.shape,
-           f"B and C must be [{bt}, {L}, G, N] alike, got {tuple(B.shape)} and {tuple(C.shape)}")
+    if not (dt.shape == (bt, L, h)):
+        raise InvalidArgumentError(f"dt must be [{bt}, {L}, {h}], got {tuple(dt.shape)}")
+    if not (B.dim() == 4 and B.shape[:2] == (bt, L) and C.shape == B.shape):
+        raise InvalidArgumentError(f"B and C must be [{bt}, {L}, G, N] alike, got {tuple(B.shape)} and "
+                                   f"{tuple(C.shape)}")
     g, n = B.shape[2], B.shape[3]
-    _check(g > 0 and h % g == 0, f"{h} heads cannot be split into {g} groups")
-    _check(A.numel() == h, f"A must have {h} elements, got {tuple(A.shape)}")
+    if not (g > 0 and h % g == 0):
+        raise InvalidArgumentError(f"{h} heads cannot be split into {g} groups")
+    if not (A.numel() == h):
+        raise InvalidArgumentError(f"A must have {h} elements, got {tuple(A.shape)}")
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if t is not None:
-            _check(t.numel() == h, f"{name} must have {h} elements, got {tuple(t.shape)}")
+            if not (t.numel() == h):
+                raise InvalidArgumentError(f"{name} must have {h} elements, got {tuple(t.shape)}")
     if init is not None:
-        _check(init.shape == (bt, h, p, n), f"initial_state must be [{bt}, {h}, {p}, {n}], got {tuple(init.shape)}")
-    _check(isinstance(chunk_size, int) and chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0,
-           f"chunk_size must be a power of two >= 16, got {chunk_size}")
+        if not (init.shape == (bt, h, p, n)):
+            raise InvalidArgumentError(f"initial_state must be [{bt}, {h}, {p}, {n}], got {tuple(init.shape)}")
+    if not (isinstance(chunk_size, int) and chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0):
+        raise InvalidArgumentError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
     quant = scales is not None
-    _check(quant or x.dtype in _OP, f"unsupported dtype {x.dtype}")
+    if not (quant or x.dtype in _OP):
+        raise InvalidArgumentError(f"unsupported dtype {x.dtype}")
     dev = x.device
     y = torch.empty(bt, L, h, p, device=dev, dtype=out_dtype)
     last = torch.empty(bt, h, p, n, device=dev, dtype=torch.int8 if quant else torch.float32)
@@ -340,26 +349,26 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     D_ = D.reshape(-1) if D is not None else A_
 
     launch(_state_kernel, (nc, bt * h, cdiv(n, bn)),
-        x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
-        *x.stride(), *dt.stride(), *B.stride(),
-        QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
-        FAST=fast, SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
+           x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
+           *x.stride(), *dt.stride(), *B.stride(),
+           QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
+           FAST=fast, SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
     launch(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
-        B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
-        QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
+           B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
+           QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
     size = p * n
     bs = min(1024, next_pow2(size))
     init_ = init.contiguous() if init is not None else last
     sin = torch.empty(bt, nc, h, p, n, device=dev, dtype=_TORCH[op])
     launch(_pass_kernel, (cdiv(size, bs), bt * h),
-        st, cs, init_, sin, last, h, nc, size, ss,
-        QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4)
+           st, cs, init_, sin, last, h, nc, size, ss,
+           QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4)
     two = OUT_TWO_HEADS and (h // g) % 2 == 0
     launch(_out_kernel, (T // bm, nc, bt * h // (2 if two else 1)),
-        x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
-        *x.stride(), *C.stride(), *y.stride(),
-        QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,
-        BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2)
+           x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
+           *x.stride(), *C.stride(), *y.stride(),
+           QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,
+           BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2)
     return y, last
 
 
@@ -380,7 +389,8 @@ def qssd_chunked(x_q: Tensor, x_scale: float, dt_q: Tensor, dt_scale: float, A: 
     one-element tensors) and int8 initial state; returns ``(y in out_dtype, int8 final state)``."""
     for name, t in (("x_q", x_q), ("dt_q", dt_q), ("B_q", B_q), ("C_q", C_q), ("initial_state", initial_state)):
         if t is not None:
-            _check(t.dtype == torch.int8, f"{name} must be int8, got {t.dtype}")
+            if not (t.dtype == torch.int8):
+                raise InvalidArgumentError(f"{name} must be int8, got {t.dtype}")
     scales = tuple(_scale(s, name) for s, name in ((x_scale, "x_scale"), (dt_scale, "dt_scale"),
                                                    (B_scale, "B_scale"), (C_scale, "C_scale"),
                                                    (state_scale, "state_scale")))

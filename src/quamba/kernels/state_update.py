@@ -12,10 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import (channel_vector, check, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu,
+from ._small_common import (channel_vector, load_scale, per_tensor_scale_arg, pow2, quantize_int8, silu,
                             softplus)
 from .pdl import pdl_args, pdl_sync
 from .launch import launch, cdiv
+from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
 _NO_LIMIT = (0.0, float("inf"))
@@ -133,15 +134,20 @@ def _mamba1_blocks(dim: int, n: int, bsz: int) -> tuple[int, int, int]:
 
 
 def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, scales) -> Tensor:
-    check(x.dim() == 2, f"x must be [B, D], got {tuple(x.shape)}")
+    if not (x.dim() == 2):
+        raise InvalidArgumentError(f"x must be [B, D], got {tuple(x.shape)}")
     bsz, dim = x.shape
-    check(state.dim() == 3 and state.shape[:2] == (bsz, dim),
-          f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
+    if not (state.dim() == 3 and state.shape[:2] == (bsz, dim)):
+        raise InvalidArgumentError(f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
     n = state.shape[2]
-    check(tuple(dt.shape) == (bsz, dim), f"dt {tuple(dt.shape)} != {(bsz, dim)}")
-    check(tuple(A.shape) == (dim, n), f"A {tuple(A.shape)} != {(dim, n)}")
-    check(tuple(B.shape) == (bsz, n) and tuple(C.shape) == (bsz, n), f"B/C must be {(bsz, n)}")
-    check(z is None or tuple(z.shape) == (bsz, dim), f"z must be {(bsz, dim)}")
+    if not (tuple(dt.shape) == (bsz, dim)):
+        raise InvalidArgumentError(f"dt {tuple(dt.shape)} != {(bsz, dim)}")
+    if not (tuple(A.shape) == (dim, n)):
+        raise InvalidArgumentError(f"A {tuple(A.shape)} != {(dim, n)}")
+    if not (tuple(B.shape) == (bsz, n) and tuple(C.shape) == (bsz, n)):
+        raise InvalidArgumentError(f"B/C must be {(bsz, n)}")
+    if not (z is None or tuple(z.shape) == (bsz, dim)):
+        raise InvalidArgumentError(f"z must be {(bsz, dim)}")
     D_, dtb = channel_vector(D, dim, "D"), channel_vector(dt_bias, dim, "dt_bias")
     y = torch.empty((bsz, dim), device=x.device, dtype=out_dtype)
     if y.numel() == 0 or n == 0:
@@ -149,13 +155,13 @@ def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, sca
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm), (zs, zsv, zsm) = scales
     block_d, block_n, warps = _mamba1_blocks(dim, n, bsz)
     launch(_selective_update_kernel, (cdiv(dim, block_d), bsz),
-        state, x, dt, A, B, C, D_, z, dtb, y,
-        sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv, zs, zsv, dim, n,
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides(z, 2),
-        y.stride(0),
-        QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm, ZS_M=zsm,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps, **pdl_args(x))
+           state, x, dt, A, B, C, D_, z, dtb, y,
+           sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv, zs, zsv, dim, n,
+           *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides(z, 2),
+           y.stride(0),
+           QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm, ZS_M=zsm,
+           HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+           BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps, **pdl_args(x))
     return y
 
 
@@ -174,7 +180,8 @@ def qselective_state_update(state: Tensor, state_scale: float, x_q: Tensor, x_sc
                             D: Tensor | None, z_q: Tensor | None, z_scale: float, dt_bias: Tensor | None,
                             out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba1 decode step on an int8 state (in place); see ``qreference.qselective_state_update``."""
-    check(state.dtype == torch.int8, f"state must be int8, got {state.dtype}")
+    if not (state.dtype == torch.int8):
+        raise InvalidArgumentError(f"state must be int8, got {state.dtype}")
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(x_scale, "x_scale"),
               per_tensor_scale_arg(dt_scale, "dt_scale"), per_tensor_scale_arg(B_scale, "B_scale"),
               per_tensor_scale_arg(C_scale, "C_scale"),
@@ -192,16 +199,19 @@ def _ssd_blocks(p: int, n: int, heads: int, bsz: int) -> tuple[int, int, int]:
 
 
 def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, scales) -> Tensor:
-    check(x.dim() == 3, f"x must be [B, H, P], got {tuple(x.shape)}")
+    if not (x.dim() == 3):
+        raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
     bsz, heads, p = x.shape
-    check(state.dim() == 4 and state.shape[:3] == (bsz, heads, p),
-          f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
+    if not (state.dim() == 4 and state.shape[:3] == (bsz, heads, p)):
+        raise InvalidArgumentError(f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
     n = state.shape[3]
-    check(B.dim() == 3 and B.shape[0] == bsz and B.shape[2] == n and C.shape == B.shape,
-          f"B/C {tuple(B.shape)}/{tuple(C.shape)} must be [{bsz}, G, {n}]")
+    if not (B.dim() == 3 and B.shape[0] == bsz and B.shape[2] == n and C.shape == B.shape):
+        raise InvalidArgumentError(f"B/C {tuple(B.shape)}/{tuple(C.shape)} must be [{bsz}, G, {n}]")
     g = B.shape[1]
-    check(g > 0 and heads % g == 0, f"{heads} heads cannot be split into {g} groups")
-    check(tuple(dt.shape) == (bsz, heads), f"dt {tuple(dt.shape)} != {(bsz, heads)}")
+    if not (g > 0 and heads % g == 0):
+        raise InvalidArgumentError(f"{heads} heads cannot be split into {g} groups")
+    if not (tuple(dt.shape) == (bsz, heads)):
+        raise InvalidArgumentError(f"dt {tuple(dt.shape)} != {(bsz, heads)}")
     A_, D_ = channel_vector(A, heads, "A"), channel_vector(D, heads, "D")
     dtb = channel_vector(dt_bias, heads, "dt_bias")
     y = torch.empty((bsz, heads, p), device=x.device, dtype=out_dtype)
@@ -211,14 +221,14 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm) = scales
     block_p, block_n, warps = _ssd_blocks(p, n, heads, bsz)
     launch(_ssd_update_kernel, (cdiv(p, block_p), heads, bsz),
-        state, x, dt, A_, B, C, D_, dtb, y,
-        sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv,
-        p, n, heads // g, lo, min(hi, 3.0e38),
-        *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), y.stride(0), y.stride(1),
-        QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm,
-        HAS_D=D is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        HAS_LIMIT=(lo, hi) != _NO_LIMIT, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
-        **pdl_args(x))
+           state, x, dt, A_, B, C, D_, dtb, y,
+           sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv,
+           p, n, heads // g, lo, min(hi, 3.0e38),
+           *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), y.stride(0), y.stride(1),
+           QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm,
+           HAS_D=D is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+           HAS_LIMIT=(lo, hi) != _NO_LIMIT, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
+           **pdl_args(x))
     return y
 
 
@@ -234,7 +244,8 @@ def qssd_state_update(state: Tensor, state_scale: float, x_q: Tensor, x_scale: f
                       D: Tensor | None, dt_bias: Tensor | None, dt_limit: tuple[float, float] = _NO_LIMIT,
                       out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba2 decode step on an int8 state (in place); see ``qreference.qssd_state_update``."""
-    check(state.dtype == torch.int8, f"state must be int8, got {state.dtype}")
+    if not (state.dtype == torch.int8):
+        raise InvalidArgumentError(f"state must be int8, got {state.dtype}")
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(x_scale, "x_scale"),
               per_tensor_scale_arg(dt_scale, "dt_scale"), per_tensor_scale_arg(B_scale, "B_scale"),
               per_tensor_scale_arg(C_scale, "C_scale"))
