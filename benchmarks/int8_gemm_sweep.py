@@ -1,7 +1,8 @@
 """Prefill int8 GEMM on the GPU: every tile config of a grid, pointer loads and TMA descriptors.
 
 For each Mamba block shape at ``M`` prompt tokens, times ``quamba.kernels.int8_gemm._gemm_kernel``
-(pointer loads) and a TMA-descriptor twin under each config, against cuBLAS fp16 ``F.linear`` and
+(pointer loads) and a TMA-descriptor twin under each config (and K splits where the tiles are
+few), against cuBLAS fp16 ``F.linear`` and
 ``torch._int_mm`` (cuBLASLt int8, int32 out, no epilogue). Each config's output is checked exact
 against the library's int8_linear before it is timed. Prints the best configs per shape.
 Usage: PYTHONPATH=src python benchmarks/int8_gemm_sweep.py [--m 1024] [--json PATH]
@@ -33,6 +34,8 @@ TILES = [  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps
     (64, 256, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 5, 4), (128, 64, 128, 5, 4),
     (256, 256, 64, 3, 8), (128, 256, 128, 3, 4), (64, 256, 64, 5, 4), (128, 192, 128, 3, 8),
 ]
+
+SPLIT_TILES = [(128, 128, 128, 3, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 5, 4)]
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -109,8 +112,24 @@ def sweep(name: str, m: int, n: int, k: int) -> dict:
             row["tma"].append({"cfg": (bm, bn, bk, stages, warps), "us": us, "TOPS": flops / us / 1e6, "exact": exact})
         except Exception as e:
             print(f"  {name} tma {cfg}: {type(e).__name__}: {str(e)[:160]}", file=sys.stderr)
-    for kind in ("ptr", "tma"):
-        row[kind].sort(key=lambda r: r["us"])
+    if G.gemm_split(m, n, k, 128, 128, 128, G.num_sms(x.device)) > 1:
+        row["split"] = []
+        for (bm, bn, bk, stages, warps), split in itertools.product(SPLIT_TILES, (2, 4, 8, 16)):
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
+                       SPLIT_K=split)
+            try:
+                out.fill_(float("nan"))
+                G.launch_gemm(x, w, out, ep, cfg)
+                exact = torch.equal(out, ref)
+                us = _ms(lambda: G.launch_gemm(x, w, out, ep, cfg)) * 1e3
+            except Exception as e:
+                print(f"  {name} split {cfg}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
+                continue
+            row["split"].append({"cfg": (bm, bn, bk, stages, warps, split), "us": us, "TOPS": flops / us / 1e6,
+                                 "exact": exact})
+    for kind in ("ptr", "tma", "split"):
+        row.get(kind, []).sort(key=lambda r: r["us"])
+    row["tuned"] = G._TUNED.get((min(triton.next_power_of_2(m), 4096), n, k, x.device))
     return row
 
 
@@ -130,8 +149,9 @@ def main() -> None:
         print(f"{name} M={args.m} N={n} K={k}: cuBLAS fp16 {r['fp16_cublas_us']:.1f} us, _int_mm "
               f"{r['int_mm_us'] and round(r['int_mm_us'], 1)} us, library int8 {r['library_us']:.1f} us "
               f"({time.time() - t0:.0f}s)")
-        for kind in ("ptr", "tma"):
-            for e in r[kind][:4]:
+        print(f"    tuned: {r['tuned']}")
+        for kind in ("ptr", "tma", "split"):
+            for e in r.get(kind, [])[:4]:
                 print(f"    {kind} {e['cfg']} {e['us']:.1f} us {e['TOPS']:.0f} TOPS exact={e['exact']}")
     if args.json:
         with open(args.json, "w") as f:

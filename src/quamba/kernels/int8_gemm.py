@@ -5,8 +5,8 @@
 even, saturate) or a cast to ``out_dtype``. Two paths, chosen by the token count ``M``:
 
 - ``M >= 16`` (prefill): a tiled ``tl.dot`` GEMM with grouped tile order, tuned per shape on first
-  use; when the output tiles cannot fill the GPU (x_proj), K is split across programs that add
-  into an int32 workspace, and the last program of each tile runs the epilogue.
+  use; when the output tiles cannot fill the GPU (x_proj), K is split across programs that store
+  int32 partial sums, and the last program of each tile adds them and runs the epilogue.
 - ``M < 16`` (decode): a weight-streaming GEMV. Each program owns ``BLOCK_N`` output channels and
   a K range, and multiplies its weight tile by the (16-row padded) activations as ``W @ x^T`` so
   the weight is the wide tensor-core operand and is read exactly once. When there are too few
@@ -107,9 +107,10 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
                  GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
     """One ``BLOCK_M x BLOCK_N`` output tile over the K range ``program_id(1)`` owns.
 
-    With ``SPLIT_K > 1`` the programs of a tile add their int32 partial sums into the zeroed
-    workspace ``part`` (integer atomics: exact in any order) and count themselves in on ``cnt``; the
-    last one reads the total and runs the epilogue.
+    With ``SPLIT_K > 1`` each program stores its int32 partial sums in its plane of ``part``
+    (``[SPLIT_K, M, N]``) and counts itself in on the tile's zeroed counter ``cnt``; the last one sums
+    the planes (exact: integers) and runs the epilogue. (Atomic adds into one plane were slower: one
+    L2 atomic per output element per split.)
     """
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -149,10 +150,13 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
     else:
         ok = (rows < M) & (cols < N)
         part = part_ptr + rows * N + cols
-        tl.atomic_add(part, acc, mask=ok, sem="relaxed")
+        plane = M * N
+        tl.store(part + tl.program_id(1).to(tl.int64) * plane, acc, mask=ok)
         tl.debug_barrier()
         if tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1:
-            total = tl.load(part, mask=ok, other=0, cache_modifier=".cg")
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for s in range(0, SPLIT_K):
+                total += tl.load(part + s * plane, mask=ok, other=0, cache_modifier=".cg")
             _epilogue(total, rows, cols, M, N, out_ptr, stride_om,
                       xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
@@ -358,8 +362,8 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
     per = cdiv(k_blocks, split) * bk
     split = cdiv(k, per)
     tiles = cdiv(m, bm) * cdiv(n, bn)
-    part = torch.zeros(m * n + tiles, dtype=torch.int32, device=x.device) if split > 1 else out
-    cnt = part[m * n:] if split > 1 else out
+    part = torch.empty(split * m * n, dtype=torch.int32, device=x.device) if split > 1 else out
+    cnt = torch.zeros(tiles, dtype=torch.int32, device=x.device) if split > 1 else out
     launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"],
            ep["b_ptr"], ep["os_ptr"], ep["os_val"], m, n, k, x.stride(0), w.stride(0), out.stride(0), per,
            XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"],
