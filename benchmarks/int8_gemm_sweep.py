@@ -72,7 +72,7 @@ def _ms(fn) -> float:
     return do_bench(fn, warmup=5, rep=30, return_mode="median")
 
 
-def sweep(name: str, m: int, n: int, k: int) -> dict:
+def sweep(name: str, m: int, n: int, k: int, quick: bool = False) -> dict:
     x = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
     xh, wh = x.half(), w.half()
@@ -84,7 +84,7 @@ def sweep(name: str, m: int, n: int, k: int) -> dict:
            "fp16_cublas_us": _ms(lambda: F.linear(xh, wh)) * 1e3,
            "int_mm_us": _ms(lambda: torch._int_mm(x, w.t())) * 1e3 if k % 8 == 0 and n % 8 == 0 else None,
            "library_us": _ms(lambda: G.int8_linear(x, w, 1e-3, 1e-3)) * 1e3, "ptr": [], "tma": []}
-    for bm, bn, bk, stages, warps in TILES:
+    for bm, bn, bk, stages, warps in ([] if quick else TILES):
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps)
         try:
             out.fill_(float("nan"))
@@ -112,7 +112,7 @@ def sweep(name: str, m: int, n: int, k: int) -> dict:
             row["tma"].append({"cfg": (bm, bn, bk, stages, warps), "us": us, "TOPS": flops / us / 1e6, "exact": exact})
         except Exception as e:
             print(f"  {name} tma {cfg}: {type(e).__name__}: {str(e)[:160]}", file=sys.stderr)
-    if G.gemm_split(m, n, k, 128, 128, 128, G.num_sms(x.device)) > 1:
+    if not quick and G.gemm_split(m, n, k, 128, 128, 128, G.num_sms(x.device)) > 1:
         row["split"] = []
         for (bm, bn, bk, stages, warps), split in itertools.product(SPLIT_TILES, (2, 4, 8, 16)):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
@@ -130,6 +130,12 @@ def sweep(name: str, m: int, n: int, k: int) -> dict:
     for kind in ("ptr", "tma", "split"):
         row.get(kind, []).sort(key=lambda r: r["us"])
     row["tuned"] = G._TUNED.get((min(triton.next_power_of_2(m), 4096), n, k, x.device))
+    if row["tuned"] is not None:  # the epilogue's share: the tuned config with fp16 and with int8 output
+        out8 = torch.empty(m, n, dtype=torch.int8, device="cuda")
+        ep8 = G.epilogue_args(1e-3, 1e-3, None, 0.05, m, n, out8)
+        cfg = row["tuned"]
+        row["tuned_fp16_out_us"] = _ms(lambda: G.launch_gemm(x, w, out, ep, cfg)) * 1e3
+        row["tuned_int8_out_us"] = _ms(lambda: G.launch_gemm(x, w, out8, ep8, cfg)) * 1e3
     return row
 
 
@@ -138,18 +144,20 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=1024)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true", help="no tile sweep: the tuned config only")
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "triton", triton.__version__)
     rows = []
     for name in args.shapes.split(","):
         t0 = time.time()
         n, k = SHAPES[name]
-        r = sweep(name, args.m, n, k)
+        r = sweep(name, args.m, n, k, args.quick)
         rows.append(r)
         print(f"{name} M={args.m} N={n} K={k}: cuBLAS fp16 {r['fp16_cublas_us']:.1f} us, _int_mm "
               f"{r['int_mm_us'] and round(r['int_mm_us'], 1)} us, library int8 {r['library_us']:.1f} us "
               f"({time.time() - t0:.0f}s)")
-        print(f"    tuned: {r['tuned']}")
+        print(f"    tuned: {r['tuned']} fp16 out {r.get('tuned_fp16_out_us', 0):.1f} us, int8 out "
+              f"{r.get('tuned_int8_out_us', 0):.1f} us")
         for kind in ("ptr", "tma", "split"):
             for e in r.get(kind, [])[:4]:
                 print(f"    {kind} {e['cfg']} {e['us']:.1f} us {e['TOPS']:.0f} TOPS exact={e['exact']}")

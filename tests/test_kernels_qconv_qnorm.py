@@ -72,6 +72,31 @@ def test_round_half_even_and_saturation():
     assert torch.equal(q, Q.quantize(x, 0.5))
 
 
+@triton.jit
+def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
+    cols = tl.arange(0, BC)[None, :]
+    m = (rows < R) & (cols < C)
+    x = tl.load(x_ptr + rows * C + cols, mask=m, other=0.0)
+    s = tl.load(s_ptr + cols, mask=cols < C, other=1.0)
+    tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
+def test_quantize_matches_ieee_division_at_ties(scale):
+    """Quotients at and a few ulps around every rounding tie, per-column scales: the reciprocal path and
+    its near-tie fallback must equal ``torch.round(x / s)`` exactly."""
+    cols = 24
+    s = torch.full((cols,), scale, device=DEV) * (1 + 0.01 * torch.arange(cols, device=DEV))
+    k = torch.arange(-140, 140, device=DEV, dtype=torch.float32) + 0.5
+    x = (k[:, None] * s[None, :])
+    nudged = [x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), torch.randn(64, cols, device=DEV) * 60 * s]
+    x = torch.cat(nudged).contiguous()
+    q = torch.empty(x.shape, device=DEV, dtype=torch.int8)
+    _quant2d_kernel[(triton.cdiv(x.shape[0], 64),)](x, s, q, x.shape[0], cols, BR=64, BC=32)
+    assert torch.equal(q, Q.quantize(x, s))
+
+
 # ---------------------------------------------------------------- conv1d
 
 @pytest.mark.parametrize("b,L,d,bias,state", [(1, 37, 97, True, True), (3, 6, 48, False, False),

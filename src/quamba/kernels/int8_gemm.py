@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from ._small_common import quantize_int8
 from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
@@ -52,23 +53,6 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sms_of(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@triton.jit
-def round_half_even(x):
-    """``torch.round`` semantics in plain arithmetic (also runs in the interpreter)."""
-    f = tl.floor(x)
-    d = x - f
-    up = f + 1.0
-    odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
-    return tl.where(d > 0.5, up, tl.where((d == 0.5) & odd, up, f))
-
-
-@triton.jit
-def quantize_int8(y, s):
-    """``clamp(round_half_even(y / s), -128, 127)`` as int8, with an IEEE-rounded division."""
-    q = round_half_even(tl.math.div_rn(y, s))
-    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
 
 
 @triton.jit

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._small_common import quantize_int8
 from .int8_gemm import num_sms
 from .launch import launch, cdiv, next_pow2
 from ..errors import InvalidArgumentError
@@ -94,15 +95,6 @@ def scalar_arg(s, IS_PTR: tl.constexpr):
         return tl.load(s).to(tl.float32)
     else:
         return s
-
-
-@triton.jit
-def quantize_int8(x, scale):
-    """``clamp(round_half_even(x / scale), -128, 127)`` as int8, as ``qreference.quantize``."""
-    q = tl.div_rn(x, scale + tl.zeros_like(x))
-    q = tl.minimum(tl.maximum(q, -130.0), 130.0)
-    q = (q + 12582912.0) - 12582912.0
-    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
 
 
 @triton.jit
