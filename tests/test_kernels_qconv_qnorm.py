@@ -16,7 +16,7 @@ from quamba import ops
 from quamba.errors import InvalidArgumentError
 from quamba.kernels import qconv1d as KQC
 from quamba.kernels import qnorm as KQN
-from quamba.kernels._small_common import quantize_int8, round_half_even
+from quamba.kernels._small_common import quantize_int8, quantize_int8_bulk, round_half_even
 from quamba.ops import qreference as Q
 
 from kernel_checks import poisoned_outputs, rel_err
@@ -73,19 +73,23 @@ def test_round_half_even_and_saturation():
 
 
 @triton.jit
-def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
+def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr, BULK: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
     cols = tl.arange(0, BC)[None, :]
     m = (rows < R) & (cols < C)
     x = tl.load(x_ptr + rows * C + cols, mask=m, other=0.0)
     s = tl.load(s_ptr + cols, mask=cols < C, other=1.0)
-    tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
+    if BULK:
+        tl.store(q_ptr + rows * C + cols, quantize_int8_bulk(x, s), mask=m)
+    else:
+        tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
 
 
 @pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
-def test_quantize_matches_ieee_division_at_ties(scale):
-    """Quotients at and a few ulps around every rounding tie, per-column scales: the reciprocal path and
-    its near-tie fallback must equal ``torch.round(x / s)`` exactly."""
+@pytest.mark.parametrize("bulk", [False, True])
+def test_quantize_matches_ieee_division_at_ties(scale, bulk):
+    """Quotients at and a few ulps around every rounding tie, per-column scales: the division path, and
+    the bulk path's reciprocal with its near-tie fallback, must equal ``torch.round(x / s)`` exactly."""
     cols = 24
     s = torch.full((cols,), scale, device=DEV) * (1 + 0.01 * torch.arange(cols, device=DEV))
     k = torch.arange(-140, 140, device=DEV, dtype=torch.float32) + 0.5
@@ -93,7 +97,7 @@ def test_quantize_matches_ieee_division_at_ties(scale):
     nudged = [x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), torch.randn(64, cols, device=DEV) * 60 * s]
     x = torch.cat(nudged).contiguous()
     q = torch.empty(x.shape, device=DEV, dtype=torch.int8)
-    _quant2d_kernel[(triton.cdiv(x.shape[0], 64),)](x, s, q, x.shape[0], cols, BR=64, BC=32)
+    _quant2d_kernel[(triton.cdiv(x.shape[0], 64),)](x, s, q, x.shape[0], cols, BR=64, BC=32, BULK=bulk)
     assert torch.equal(q, Q.quantize(x, s))
 
 

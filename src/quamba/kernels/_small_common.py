@@ -2,9 +2,9 @@
 
 - scale arguments: a scale arrives as a Python float, a one-element tensor or a per-channel tensor;
   ``scale_arg`` turns it into (pointer, value, mode) so one kernel serves all three without host syncs;
-- exact int8 quantization (``torch.round(y / s)`` + clamp): a reciprocal multiply, with the IEEE division
-  (``div_rn``) redone only for blocks holding a near-tie; round-half-to-even by the 1.5 * 2**23 trick
-  (libdevice ``rint`` has no interpreter implementation);
+- exact int8 quantization (``torch.round(y / s)`` + clamp): the IEEE division (``div_rn``), or for big
+  prefill blocks a reciprocal multiply with the division redone only in blocks holding a near-tie;
+  round-half-to-even by the 1.5 * 2**23 trick (libdevice ``rint`` has no interpreter implementation);
 - fp32 activations (SiLU, softplus with an accurate log1p) written with core ``tl`` ops only.
 """
 from __future__ import annotations
@@ -82,11 +82,19 @@ def _rne_small(x):
 
 @triton.jit
 def quantize_int8(y, scale):
-    """``clamp(round_half_even(y / scale), -128, 127)`` as int8, equal to rounding the IEEE quotient.
+    """``clamp(round_half_even(y / scale), -128, 127)`` as int8, with an IEEE-rounded division."""
+    q = tl.div_rn(y, scale + tl.zeros_like(y))
+    return tl.minimum(tl.maximum(_rne_small(tl.minimum(tl.maximum(q, -130.0), 130.0)), -128.0), 127.0).to(tl.int8)
 
-    The quotient comes from a multiply by ``1 / scale`` (a few ulps from the IEEE one, much cheaper than
-    ``div_rn`` per element); a block holding a quotient within ~8 ulps of a rounding tie, where the
-    two could round apart, redoes those elements with the IEEE division.
+
+@triton.jit
+def quantize_int8_bulk(y, scale):
+    """``quantize_int8`` for large blocks (prefill epilogues), with the same results.
+
+    The quotient comes from a multiply by ``1 / scale`` (a few ulps from the IEEE one, much cheaper
+    than ``div_rn`` per element); a block holding a quotient within ~8 ulps of a rounding tie, where
+    the two could round apart, redoes those elements with the IEEE division. The block-wide test is a
+    reduction, which costs latency: the one-token decode kernels use ``quantize_int8``.
     """
     r = y * (1.0 / scale)
     r = tl.minimum(tl.maximum(r, -130.0), 130.0)

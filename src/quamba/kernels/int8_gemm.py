@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
-from ._small_common import quantize_int8
+from ._small_common import quantize_int8, quantize_int8_bulk
 from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
@@ -68,8 +68,10 @@ def _scale(ptr, val, idx, ok, MODE: tl.constexpr, OTHER: tl.constexpr):
 @triton.jit
 def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
-    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it."""
+              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+              BULK: tl.constexpr = False):
+    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it
+    (``BULK``: a prefill tile, requantized by ``quantize_int8_bulk``)."""
     row_ok = rows < M
     col_ok = cols < N
     y = acc.to(tl.float32) * _scale(xs_ptr, xs_val, rows, row_ok, XS_MODE, 0.0)
@@ -78,6 +80,8 @@ def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
         y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if OS_MODE == 3:
         out = y.to(out_ptr.dtype.element_ty)
+    elif BULK:
+        out = quantize_int8_bulk(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
     else:
         out = quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
     tl.store(out_ptr + rows * stride_om + cols, out, mask=row_ok & col_ok)
@@ -130,7 +134,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
     cols = offs_n[None, :]
     if SPLIT_K == 1:
         _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
-                  xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+                  xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
     else:
         ok = (rows < M) & (cols < N)
         part = part_ptr + rows * N + cols
@@ -142,7 +146,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
             for s in range(0, SPLIT_K):
                 total += tl.load(part + s * plane, mask=ok, other=0, cache_modifier=".cg")
             _epilogue(total, rows, cols, M, N, out_ptr, stride_om,
-                      xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+                      xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
 
 
 # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: the H200 sweep's winners (benchmarks/int8_gemm_sweep.py) at the
