@@ -22,6 +22,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from quamba.kernels import int8_gemm as G
+from quamba.kernels.int8_gemm import grouped_tile
 
 SHAPES = {  # name: (N, K)
     "m1 in_proj": (10240, 2560), "m1 x_proj": (192, 5120), "m1 dt_proj": (5120, 160),
@@ -47,14 +48,7 @@ except ImportError:
 def _gemm_tma_kernel(a_desc, b_desc, out_ptr, xs_val, ws_val, M, N, K, stride_om,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """``_gemm_kernel`` with both operands fetched by TMA (fp16 out, per-tensor scales)."""
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * grid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
