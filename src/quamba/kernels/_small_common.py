@@ -46,7 +46,7 @@ def channel_vector(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | 
     """A per-channel parameter as a contiguous 1-D tensor of ``n`` elements (None stays None)."""
     if t is None:
         return None
-    if not (t.numel() == n):
+    if t.numel() != n:
         raise InvalidArgumentError(f"{name} has {t.numel()} elements, expected {n}")
     return t.reshape(-1).contiguous()
 

@@ -91,13 +91,13 @@ def _check_common(d: int, k: int, weight: Tensor, bias: Tensor | None) -> None:
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
                   initial_state: Tensor | None = None) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``; see ``reference.causal_conv1d``."""
-    if not (x.dim() == 3):
+    if x.dim() != 3:
         raise InvalidArgumentError(f"causal_conv1d expects x [B, L, D], got {tuple(x.shape)}")
     bsz, L, d = x.shape
     k = weight.shape[-1]
     _check_common(d, k, weight, bias)
     if initial_state is not None:
-        if not (tuple(initial_state.shape) == (bsz, d, k)):
+        if tuple(initial_state.shape) != (bsz, d, k):
             raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
     y = torch.empty((bsz, L, d), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
@@ -128,7 +128,7 @@ def update_block(d: int, bsz: int) -> tuple[int, int]:
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          silu: bool = True) -> Tensor:
     """One decode step: shift ``x [B, D]`` into ``conv_state [B, D, K]`` (in place) and convolve."""
-    if not (x.dim() == 2):
+    if x.dim() != 2:
         raise InvalidArgumentError(f"causal_conv1d_update expects x [B, D], got {tuple(x.shape)}")
     bsz, d = x.shape
     k = conv_state.shape[-1]

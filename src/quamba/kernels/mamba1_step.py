@@ -182,7 +182,7 @@ def dtproj_state_plan(dim: int, n: int, r: int, bsz: int) -> tuple[int, int]:
 
 
 def _check_conv(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | None, xproj_w: Tensor) -> None:
-    if not (x.dim() == 2):
+    if x.dim() != 2:
         raise InvalidArgumentError(f"x must be [B, D], got {tuple(x.shape)}")
     bsz, d = x.shape
     if not (conv_state.dim() == 3 and tuple(conv_state.shape[:2]) == (bsz, d)):
@@ -190,13 +190,13 @@ def _check_conv(x: Tensor, conv_state: Tensor, conv_w: Tensor, conv_b: Tensor | 
     k = conv_state.shape[2]
     if not (1 <= k <= 8):
         raise InvalidArgumentError(f"conv width {k} not supported (1..8)")
-    if not (tuple(conv_w.shape) == (d, k)):
+    if tuple(conv_w.shape) != (d, k):
         raise InvalidArgumentError(f"conv weight {tuple(conv_w.shape)} != {(d, k)}")
     if not (conv_b is None or conv_b.numel() == d):
         raise InvalidArgumentError(f"conv bias does not match {d} channels")
     if not (xproj_w.dim() == 2 and xproj_w.shape[1] == d):
         raise InvalidArgumentError(f"x_proj weight {tuple(xproj_w.shape)} does not take {d} inputs")
-    if not (xproj_w.shape[0] <= 1024):
+    if xproj_w.shape[0] > 1024:
         raise InvalidArgumentError(f"x_proj has {xproj_w.shape[0]} outputs; at most 1024 supported")
 
 
@@ -264,20 +264,20 @@ def qconv_xproj_step(x_q: Tensor, conv_state: Tensor, x_scale: Scale, conv_w_q: 
 
 
 def _check_state(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, A: Tensor, z: Tensor | None) -> None:
-    if not (u.dim() == 2):
+    if u.dim() != 2:
         raise InvalidArgumentError(f"u must be [B, D], got {tuple(u.shape)}")
     bsz, d = u.shape
     if not (state.dim() == 3 and tuple(state.shape[:2]) == (bsz, d)):
         raise InvalidArgumentError(f"state {tuple(state.shape)} does not match u {tuple(u.shape)}")
     n = state.shape[2]
-    if not (tuple(A.shape) == (d, n)):
+    if tuple(A.shape) != (d, n):
         raise InvalidArgumentError(f"A {tuple(A.shape)} != {(d, n)}")
     if not (dt_w.dim() == 2 and dt_w.shape[0] == d):
         raise InvalidArgumentError(f"dt_proj weight {tuple(dt_w.shape)} does not give {d} outputs")
     r = dt_w.shape[1]
-    if not (r <= 1024):
+    if r > 1024:
         raise InvalidArgumentError(f"dt_rank {r} > 1024 not supported")
-    if not (tuple(dbc.shape) == (bsz, r + 2 * n)):
+    if tuple(dbc.shape) != (bsz, r + 2 * n):
         raise InvalidArgumentError(f"dbc {tuple(dbc.shape)} != {(bsz, r + 2 * n)}")
     if not (z is None or tuple(z.shape) == (bsz, d)):
         raise InvalidArgumentError(f"z must be {(bsz, d)}")
@@ -307,7 +307,7 @@ def dtproj_state_step(state: Tensor, u: Tensor, dbc: Tensor, dt_w: Tensor, dt_bi
                       D: Tensor | None, z: Tensor | None, done: Tensor | None = None) -> Tensor:
     """dt_proj + softplus + selective state update in one launch; see ``fused_reference.dtproj_state_step``."""
     _check_state(state, u, dbc, dt_w, A, z)
-    if not (state.dtype != torch.int8):
+    if state.dtype == torch.int8:
         raise InvalidArgumentError("dtproj_state_step takes a float state; use qdtproj_state_step for int8")
     bsz, d = u.shape
     y = torch.empty((bsz, d), device=u.device, dtype=u.dtype)
@@ -326,7 +326,7 @@ def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: 
     for t in (state, u_q, dt_w_q, z_q):
         if not (t is None or t.dtype == torch.int8):
             raise InvalidArgumentError(f"expected int8 tensors, got {t.dtype if t is not None else None}")
-    if not (acc.dtype == torch.int32):
+    if acc.dtype != torch.int32:
         raise InvalidArgumentError(f"acc must be the int32 x_proj accumulator, got {acc.dtype}")
     bsz, d = u_q.shape
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(u_scale, "u_scale"),

@@ -114,13 +114,13 @@ def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None
 def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q: Tensor | None,
                    b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
-    if not (x_q.dim() == 3):
+    if x_q.dim() != 3:
         raise InvalidArgumentError(f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
     bsz, L, d = x_q.shape
     k = w_q.shape[-1]
     _check(d, k, w_q, b_q, x_q, initial_state)
     if initial_state is not None:
-        if not (tuple(initial_state.shape) == (bsz, d, k)):
+        if tuple(initial_state.shape) != (bsz, d, k):
             raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
@@ -145,7 +145,7 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
 def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
                           b_q: Tensor | None, b_scale: Scale | None, out_scale: Scale) -> Tensor:
     """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output."""
-    if not (x_q.dim() == 2):
+    if x_q.dim() != 2:
         raise InvalidArgumentError(f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
     bsz, d = x_q.shape
     k = conv_state.shape[-1]

@@ -69,7 +69,7 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
 def qgated_rms_norm(y: Tensor, z_q: Tensor, z_scale: Scale, weight: Tensor | None, eps: float, group_size: int,
                     out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba2 gated RMSNorm with an int8 gate; see ``qreference.qgated_rms_norm``."""
-    if not (z_q.dtype == torch.int8):
+    if z_q.dtype != torch.int8:
         raise InvalidArgumentError(f"z_q must be int8, got {z_q.dtype}")
     zs, zsv, zsm = scale_arg(z_scale, y.shape[-1], "z_scale")
     return launch_gated(y, z_q, weight, eps, group_size, out_dtype, round_mid=False, zs=zs, zs_val=zsv, zs_mode=zsm)

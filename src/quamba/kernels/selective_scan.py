@@ -431,7 +431,7 @@ def state_block(p: ScanPlan, np2: int) -> int:
 
 def _scale(s, name: str):
     if isinstance(s, Tensor):
-        if not (s.numel() == 1):
+        if s.numel() != 1:
             raise InvalidArgumentError(f"{name} must be a float or a one-element tensor, got {tuple(s.shape)}")
         return s.reshape(1).float()
     return float(s)
@@ -453,17 +453,17 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
         raise InvalidArgumentError(f"A must be [{d}, N], got {tuple(A.shape)}")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if not (t.shape == (bt, L, n)):
+        if t.shape != (bt, L, n):
             raise InvalidArgumentError(f"{name} must be [{bt}, {L}, {n}], got {tuple(t.shape)}")
     if z is not None:
-        if not (z.shape == u.shape):
+        if z.shape != u.shape:
             raise InvalidArgumentError(f"z must be {tuple(u.shape)}, got {tuple(z.shape)}")
     if init is not None:
-        if not (init.shape == (bt, d, n)):
+        if init.shape != (bt, d, n):
             raise InvalidArgumentError(f"initial_state must be [{bt}, {d}, {n}], got {tuple(init.shape)}")
     for name, t in (("D", D), ("delta_bias", bias)):
         if t is not None:
-            if not (t.numel() == d):
+            if t.numel() != d:
                 raise InvalidArgumentError(f"{name} must have {d} elements, got {tuple(t.shape)}")
     quant = scales is not None
     y = torch.empty(bt, L, d, device=u.device, dtype=out_dtype)
@@ -529,7 +529,7 @@ def qselective_scan(u_q: Tensor, u_scale: float, dt_q: Tensor, dt_scale: float, 
     for name, t in (("u_q", u_q), ("dt_q", dt_q), ("B_q", B_q), ("C_q", C_q), ("z_q", z_q),
                     ("initial_state", initial_state)):
         if t is not None:
-            if not (t.dtype == torch.int8):
+            if t.dtype != torch.int8:
                 raise InvalidArgumentError(f"{name} must be int8, got {t.dtype}")
     scales = (_scale(u_scale, "u_scale"), _scale(dt_scale, "dt_scale"),
               _scale(z_scale, "z_scale") if z_q is not None else 1.0, _scale(state_scale, "state_scale"),

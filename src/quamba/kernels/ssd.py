@@ -290,10 +290,10 @@ _TORCH = {v: k for k, v in _OP.items()}
 
 def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, out_dtype, scales):
     """Shared wrapper; ``scales`` = (x, dt, B, C, state) scales on the int8 path, None for fp inputs."""
-    if not (x.dim() == 4):
+    if x.dim() != 4:
         raise InvalidArgumentError(f"x must be [B, L, H, P], got {tuple(x.shape)}")
     bt, L, h, p = x.shape
-    if not (dt.shape == (bt, L, h)):
+    if dt.shape != (bt, L, h):
         raise InvalidArgumentError(f"dt must be [{bt}, {L}, {h}], got {tuple(dt.shape)}")
     if not (B.dim() == 4 and B.shape[:2] == (bt, L) and C.shape == B.shape):
         raise InvalidArgumentError(f"B and C must be [{bt}, {L}, G, N] alike, got {tuple(B.shape)} and "
@@ -301,14 +301,14 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     g, n = B.shape[2], B.shape[3]
     if not (g > 0 and h % g == 0):
         raise InvalidArgumentError(f"{h} heads cannot be split into {g} groups")
-    if not (A.numel() == h):
+    if A.numel() != h:
         raise InvalidArgumentError(f"A must have {h} elements, got {tuple(A.shape)}")
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if t is not None:
-            if not (t.numel() == h):
+            if t.numel() != h:
                 raise InvalidArgumentError(f"{name} must have {h} elements, got {tuple(t.shape)}")
     if init is not None:
-        if not (init.shape == (bt, h, p, n)):
+        if init.shape != (bt, h, p, n):
             raise InvalidArgumentError(f"initial_state must be [{bt}, {h}, {p}, {n}], got {tuple(init.shape)}")
     if not (isinstance(chunk_size, int) and chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0):
         raise InvalidArgumentError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
@@ -389,7 +389,7 @@ def qssd_chunked(x_q: Tensor, x_scale: float, dt_q: Tensor, dt_scale: float, A: 
     one-element tensors) and int8 initial state; returns ``(y in out_dtype, int8 final state)``."""
     for name, t in (("x_q", x_q), ("dt_q", dt_q), ("B_q", B_q), ("C_q", C_q), ("initial_state", initial_state)):
         if t is not None:
-            if not (t.dtype == torch.int8):
+            if t.dtype != torch.int8:
                 raise InvalidArgumentError(f"{name} must be int8, got {t.dtype}")
     scales = tuple(_scale(s, name) for s, name in ((x_scale, "x_scale"), (dt_scale, "dt_scale"),
                                                    (B_scale, "B_scale"), (C_scale, "C_scale"),

@@ -134,15 +134,15 @@ def _mamba1_blocks(dim: int, n: int, bsz: int) -> tuple[int, int, int]:
 
 
 def _selective(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out_dtype, scales) -> Tensor:
-    if not (x.dim() == 2):
+    if x.dim() != 2:
         raise InvalidArgumentError(f"x must be [B, D], got {tuple(x.shape)}")
     bsz, dim = x.shape
     if not (state.dim() == 3 and state.shape[:2] == (bsz, dim)):
         raise InvalidArgumentError(f"state {tuple(state.shape)} does not match x {tuple(x.shape)}")
     n = state.shape[2]
-    if not (tuple(dt.shape) == (bsz, dim)):
+    if tuple(dt.shape) != (bsz, dim):
         raise InvalidArgumentError(f"dt {tuple(dt.shape)} != {(bsz, dim)}")
-    if not (tuple(A.shape) == (dim, n)):
+    if tuple(A.shape) != (dim, n):
         raise InvalidArgumentError(f"A {tuple(A.shape)} != {(dim, n)}")
     if not (tuple(B.shape) == (bsz, n) and tuple(C.shape) == (bsz, n)):
         raise InvalidArgumentError(f"B/C must be {(bsz, n)}")
@@ -180,7 +180,7 @@ def qselective_state_update(state: Tensor, state_scale: float, x_q: Tensor, x_sc
                             D: Tensor | None, z_q: Tensor | None, z_scale: float, dt_bias: Tensor | None,
                             out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba1 decode step on an int8 state (in place); see ``qreference.qselective_state_update``."""
-    if not (state.dtype == torch.int8):
+    if state.dtype != torch.int8:
         raise InvalidArgumentError(f"state must be int8, got {state.dtype}")
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(x_scale, "x_scale"),
               per_tensor_scale_arg(dt_scale, "dt_scale"), per_tensor_scale_arg(B_scale, "B_scale"),
@@ -199,7 +199,7 @@ def _ssd_blocks(p: int, n: int, heads: int, bsz: int) -> tuple[int, int, int]:
 
 
 def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, scales) -> Tensor:
-    if not (x.dim() == 3):
+    if x.dim() != 3:
         raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
     bsz, heads, p = x.shape
     if not (state.dim() == 4 and state.shape[:3] == (bsz, heads, p)):
@@ -210,7 +210,7 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     g = B.shape[1]
     if not (g > 0 and heads % g == 0):
         raise InvalidArgumentError(f"{heads} heads cannot be split into {g} groups")
-    if not (tuple(dt.shape) == (bsz, heads)):
+    if tuple(dt.shape) != (bsz, heads):
         raise InvalidArgumentError(f"dt {tuple(dt.shape)} != {(bsz, heads)}")
     A_, D_ = channel_vector(A, heads, "A"), channel_vector(D, heads, "D")
     dtb = channel_vector(dt_bias, heads, "dt_bias")
@@ -244,7 +244,7 @@ def qssd_state_update(state: Tensor, state_scale: float, x_q: Tensor, x_scale: f
                       D: Tensor | None, dt_bias: Tensor | None, dt_limit: tuple[float, float] = _NO_LIMIT,
                       out_dtype: torch.dtype = torch.float16) -> Tensor:
     """Mamba2 decode step on an int8 state (in place); see ``qreference.qssd_state_update``."""
-    if not (state.dtype == torch.int8):
+    if state.dtype != torch.int8:
         raise InvalidArgumentError(f"state must be int8, got {state.dtype}")
     scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(x_scale, "x_scale"),
               per_tensor_scale_arg(dt_scale, "dt_scale"), per_tensor_scale_arg(B_scale, "B_scale"),
