@@ -74,17 +74,21 @@ def round_half_even(x):
 
 
 @triton.jit
-def _rne_small(x):
-    """Round to nearest, ties to even, for ``|x| < 2**22``: adding and removing 1.5 * 2**23 leaves the
-    fp32 sum's own round-to-nearest-even."""
-    return (x + 12582912.0) - 12582912.0
+def _round_clamped(q):
+    """Round to nearest, ties to even, of ``q`` clamped to [-130, 130] (past int8 either way): adding and
+    removing 1.5 * 2**23 leaves the fp32 sum's own round-to-nearest-even (exact for |q| < 2**22)."""
+    return (tl.minimum(tl.maximum(q, -130.0), 130.0) + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _saturate_int8(q):
+    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
 
 
 @triton.jit
 def quantize_int8(y, scale):
     """``clamp(round_half_even(y / scale), -128, 127)`` as int8, with an IEEE-rounded division."""
-    q = tl.div_rn(y, scale + tl.zeros_like(y))
-    return tl.minimum(tl.maximum(_rne_small(tl.minimum(tl.maximum(q, -130.0), 130.0)), -128.0), 127.0).to(tl.int8)
+    return _saturate_int8(_round_clamped(tl.div_rn(y, scale + tl.zeros_like(y))))
 
 
 @triton.jit
@@ -96,14 +100,12 @@ def quantize_int8_bulk(y, scale):
     the two could round apart, redoes those elements with the IEEE division. The block-wide test is a
     reduction, which costs latency: the one-token decode kernels use ``quantize_int8``.
     """
-    r = y * (1.0 / scale)
-    r = tl.minimum(tl.maximum(r, -130.0), 130.0)
-    q = _rne_small(r)
+    r = tl.minimum(tl.maximum(y * (1.0 / scale), -130.0), 130.0)
+    q = _round_clamped(r)
     near = tl.abs(tl.abs(r - q) - 0.5) <= tl.abs(r) * 1e-6 + 1e-6
     if tl.max(near.to(tl.int32)) > 0:
-        exact = tl.div_rn(y, scale + tl.zeros_like(y))
-        q = tl.where(near, _rne_small(tl.minimum(tl.maximum(exact, -130.0), 130.0)), q)
-    return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8)
+        q = tl.where(near, _round_clamped(tl.div_rn(y, scale + tl.zeros_like(y))), q)
+    return _saturate_int8(q)
 
 
 @triton.jit

@@ -18,7 +18,6 @@ syncs with the host, so calls can be captured in CUDA graphs once the tuner has 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -26,21 +25,13 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from ._small_common import quantize_int8, quantize_int8_bulk
-from .launch import launch, cdiv, next_pow2
+from .launch import cdiv, interpreting, launch, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
 
 GEMV_MAX_M = 15
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
-
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (read once: it must be set before Triton loads)."""
-    return _INTERPRET
 
 
 @functools.lru_cache(maxsize=None)

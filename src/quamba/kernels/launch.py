@@ -42,6 +42,11 @@ _compiled: dict[tuple, tuple] = {}
 _enabled = not _INTERPRET and _raw_stream is not None
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (read once: it must be set before Triton loads)."""
+    return _INTERPRET
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for ints (``triton.cdiv`` is a constexpr function, ~2 us per host call)."""
     return -(-a // b)
