@@ -126,3 +126,24 @@ def log1p(x):
 def softplus(x):
     """``torch.nn.functional.softplus`` with beta 1 and threshold 20."""
     return tl.where(x > 20.0, x, log1p(tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def old_taps(base, offs_k, mask, K: tl.constexpr, s_k):
+    """Taps ``1..K-1`` of a conv state moved to ``0..K-2`` (the last is then ``push_tap``'s). ``base``
+    points at each channel's state row; ``offs_k`` and ``mask`` broadcast against it. The state was
+    written by an earlier decode step, so decode kernels read it before their ``pdl_sync``."""
+    return tl.load(base + (offs_k + 1) * s_k, mask=mask & (offs_k + 1 < K), other=0)
+
+
+@triton.jit
+def push_tap(taps, xv, offs_k, K: tl.constexpr):
+    """The conv window after the step: ``old_taps`` with ``xv`` as its last tap."""
+    return tl.where(offs_k == K - 1, xv.to(taps.dtype), taps)
+
+
+@triton.jit
+def store_window(base, window, offs_k, mask, K: tl.constexpr, s_k):
+    """Write ``push_tap``'s window back once every thread has read the old state."""
+    tl.debug_barrier()
+    tl.store(base + offs_k * s_k, window, mask=mask & (offs_k < K))

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import pow2, silu
+from ._small_common import old_taps, pow2, push_tap, silu, store_window
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
 
@@ -57,21 +57,20 @@ def _conv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
                         sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                         BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, KP)
     md = offs_d < D
     base = s_ptr + b * ssb + offs_d[:, None] * ssd
-    xs = tl.load(x_ptr + b * sxb + offs_d * sxd, mask=md, other=0.0).to(s_ptr.dtype.element_ty)
-    shifted = tl.load(base + (offs_k + 1)[None, :] * ssk, mask=md[:, None] & (offs_k + 1 < K)[None, :], other=0.0)
-    shifted = tl.where((offs_k == K - 1)[None, :], xs[:, None], shifted)
+    taps = old_taps(base, offs_k[None, :], md[:, None], K, ssk)
     mk = md[:, None] & (offs_k < K)[None, :]
     w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mk, other=0.0).to(tl.float32)
-    acc = tl.sum(shifted.to(tl.float32) * w, axis=1)
-    tl.debug_barrier()  # every read of the old state happens before any thread overwrites it
-    tl.store(base + offs_k[None, :] * ssk, shifted, mask=mk)
+    pdl_sync(USE_PDL)
+    xs = tl.load(x_ptr + b * sxb + offs_d * sxd, mask=md, other=0.0)
+    window = push_tap(taps, xs[:, None], offs_k[None, :], K)
+    acc = tl.sum(window.to(tl.float32) * w, axis=1)
+    store_window(base, window, offs_k[None, :], md[:, None], K, ssk)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if SILU:

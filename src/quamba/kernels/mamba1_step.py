@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import (channel_vector, load_scale, per_tensor_scale_arg, pow2, quantize_int8, scale_arg,
-                            silu, softplus)
+from ._small_common import (channel_vector, load_scale, old_taps, per_tensor_scale_arg, pow2, push_tap,
+                            quantize_int8, scale_arg, silu, softplus, store_window)
 from .qconv1d import _dequant_silu_quant
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
@@ -57,18 +57,17 @@ def _conv_xproj_kernel(x_ptr, s_ptr, cw_ptr, cb_ptr, w_ptr, u_ptr, acc_ptr, DIM,
     w = tl.load(w_ptr + offs_r[:, None] * s_wr + offs_d[None, :] * s_wd, mask=mr[:, None] & md[None, :], other=0)
     mk = md[:, None] & (offs_k < K)[None, :]
     cw = tl.load(cw_ptr + offs_d[:, None] * s_cd + offs_k[None, :] * s_ck, mask=mk, other=0)
+    base = s_ptr + b * s_sb + offs_d[:, None] * s_sd
+    taps = old_taps(base, offs_k[None, :], md[:, None], K, s_sk)
     pdl_sync(USE_PDL)
 
-    base = s_ptr + b * s_sb + offs_d[:, None] * s_sd
-    xv = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=md, other=0).to(s_ptr.dtype.element_ty)
-    shifted = tl.load(base + (offs_k + 1)[None, :] * s_sk, mask=md[:, None] & (offs_k + 1 < K)[None, :], other=0)
-    shifted = tl.where((offs_k == K - 1)[None, :], xv[:, None], shifted)
+    xv = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=md, other=0)
+    window = push_tap(taps, xv[:, None], offs_k[None, :], K)
     if QUANT:
-        conv = tl.sum(shifted.to(tl.int32) * cw.to(tl.int32), axis=1)
+        conv = tl.sum(window.to(tl.int32) * cw.to(tl.int32), axis=1)
     else:
-        conv = tl.sum(shifted.to(tl.float32) * cw.to(tl.float32), axis=1)
-    tl.debug_barrier()  # every read of the old state happens before any thread overwrites it
-    tl.store(base + offs_k[None, :] * s_sk, shifted, mask=mk)
+        conv = tl.sum(window.to(tl.float32) * cw.to(tl.float32), axis=1)
+    store_window(base, window, offs_k[None, :], md[:, None], K, s_sk)
 
     if QUANT:
         u = _dequant_silu_quant(conv, cb_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val,
@@ -114,9 +113,9 @@ def _dtproj_state_kernel(
     m2 = md[:, None] & mn[None, :]
     wdt = tl.load(dtw_ptr + offs_d[:, None] * s_wd + offs_r[None, :] * s_wr, mask=md[:, None] & mr[None, :], other=0)
     A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
-    pdl_sync(USE_PDL)
     st_offs = b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
-    h = tl.load(st_ptr + st_offs, mask=m2, other=0).to(tl.float32)
+    h = tl.load(st_ptr + st_offs, mask=m2, other=0).to(tl.float32)  # written by an earlier step only
+    pdl_sync(USE_PDL)
     x = tl.load(u_ptr + b * s_ub + offs_d * s_ud, mask=md, other=0).to(tl.float32)
 
     us = load_scale(us_ptr, us_val, 0, True, US_M)

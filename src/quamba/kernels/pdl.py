@@ -3,10 +3,13 @@
 A decode step is a chain of short kernels; between two of them the GPU normally drains the first
 grid, then launches, ramps up and starts loading for the second. Launched with PDL, the next grid's
 programs start as soon as every program of the current one has begun (``launch_dependents``), fill
-the SMs that its last wave leaves idle, load what does not depend on the previous kernel (weights)
-and block in ``wait`` until the previous grid has finished and its writes are visible. Every kernel
-launched this way calls ``pdl_sync`` before its first read of an activation or its first write, so
-the chain keeps stream order for every tensor that the kernels share.
+the SMs that its last wave leaves idle, load what does not depend on the previous kernel and block in
+``wait`` until the previous grid has finished and its writes are visible. Every kernel launched this
+way calls ``pdl_sync`` before its first read of an activation or its first write, so the chain keeps
+stream order for every tensor that the kernels share. Since a grid passes its own ``wait`` only
+after the grid before it has finished, a kernel may read before ``pdl_sync`` anything written two or
+more launches back: weights, and the conv and SSM states that only the kernel itself wrote, in the
+previous decode step.
 
 ``pdl_args(t)`` gives the launch keywords: PDL while a CUDA graph is being captured (the decode
 step) on devices of compute capability >= 9 when Triton has the grid-dependency intrinsics; off

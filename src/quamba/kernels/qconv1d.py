@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import load_scale, pow2, quantize_int8, quantize_int8_bulk, scale_arg, silu
+from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
+                            store_window)
 from .conv1d import update_block
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
@@ -70,21 +71,20 @@ def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
                          sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
                          XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
                          K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, KP)
     md = offs_d < D
     base = s_ptr + b * ssb + offs_d[:, None] * ssd
-    xq = tl.load(x_ptr + b * sxb + offs_d * sxd, mask=md, other=0)
-    shifted = tl.load(base + (offs_k + 1)[None, :] * ssk, mask=md[:, None] & (offs_k + 1 < K)[None, :], other=0)
-    shifted = tl.where((offs_k == K - 1)[None, :], xq[:, None], shifted)
+    taps = old_taps(base, offs_k[None, :], md[:, None], K, ssk)
     mk = md[:, None] & (offs_k < K)[None, :]
     w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mk, other=0).to(tl.int32)
-    acc = tl.sum(shifted.to(tl.int32) * w, axis=1)
-    tl.debug_barrier()  # every read of the old state happens before any thread overwrites it
-    tl.store(base + offs_k[None, :] * ssk, shifted, mask=mk)
+    pdl_sync(USE_PDL)
+    xq = tl.load(x_ptr + b * sxb + offs_d * sxd, mask=md, other=0)
+    window = push_tap(taps, xq[:, None], offs_k[None, :], K)
+    acc = tl.sum(window.to(tl.int32) * w, axis=1)
+    store_window(base, window, offs_k[None, :], md[:, None], K, ssk)
     q = _dequant_silu_quant(acc, b_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val,
                             os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS)
     tl.store(y_ptr + b * syb + offs_d, q, mask=md)
