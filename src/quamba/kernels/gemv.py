@@ -27,35 +27,55 @@ MAX_M = 8
 
 
 @triton.jit
-def _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ACC: tl.constexpr, BLOCK_K: tl.constexpr,
+def _x_tile(x_ptr, rm, m_ok, k0, rk, k_ok, stride_xm, ACC: tl.constexpr, ss_ptr, s_ssm, eps,
+            RMS: tl.constexpr, GROUP: tl.constexpr):
+    """Activation columns ``rk`` (from ``k0``) of rows ``rm`` in ``ACC``. ``RMS`` finishes an RMSNorm from
+    its per-group sums of squares ``ss [M, K / GROUP]``: each column times ``rsqrt(ss / GROUP + eps)`` of
+    its group, looked up once per tile (``RMS == 1``: the tile lies in one group) or per column (2)."""
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0).to(ACC)
+    if RMS == 1:
+        ss = tl.load(ss_ptr + rm * s_ssm + k0 // GROUP, mask=m_ok, other=0.0)
+        x = x * tl.rsqrt(ss / GROUP + eps)[:, None]
+    elif RMS == 2:
+        ss = tl.load(ss_ptr + rm[:, None] * s_ssm + rk[None, :] // GROUP, mask=m_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        x = x * tl.rsqrt(ss / GROUP + eps)
+    return x
+
+
+@triton.jit
+def _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ss_ptr, s_ssm, eps,
+              ACC: tl.constexpr, BLOCK_K: tl.constexpr, RMS: tl.constexpr, GROUP: tl.constexpr,
               USE_PDL: tl.constexpr):
     """``x[rm] . w[rn]`` over K in ``ACC`` (fp32, or exact int32 for int8), streaming ``BLOCK_K``-wide
-    tiles and reducing once at the end; the first weight tile loads before ``pdl_sync``."""
+    tiles and reducing once at the end; the first weight tile loads before ``pdl_sync``.
+    ``RMS``, ``GROUP``: see ``_x_tile``."""
     rk = tl.arange(0, BLOCK_K)
     k_ok = rk < K
     w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
     pdl_sync(USE_PDL)
-    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
-    acc = x.to(ACC)[:, None, :] * w.to(ACC)[None, :, :]
+    x = _x_tile(x_ptr, rm, m_ok, 0, rk, k_ok, stride_xm, ACC, ss_ptr, s_ssm, eps, RMS, GROUP)
+    acc = x[:, None, :] * w.to(ACC)[None, :, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
-        acc += x.to(ACC)[:, None, :] * w.to(ACC)[None, :, :]
+        x = _x_tile(x_ptr, rm, m_ok, k0, rk, k_ok, stride_xm, ACC, ss_ptr, s_ssm, eps, RMS, GROUP)
+        acc += x[:, None, :] * w.to(ACC)[None, :, :]
     return tl.sum(acc, axis=2)
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, M, N, K, stride_xm, stride_wn, stride_ym, s_ssm, eps,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 RMS: tl.constexpr, GROUP: tl.constexpr, USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    y = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, tl.float32, BLOCK_K, USE_PDL)
+    y = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ss_ptr, s_ssm, eps, tl.float32,
+                  BLOCK_K, RMS, GROUP, USE_PDL)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
@@ -75,8 +95,11 @@ def fp16_plan(n: int, k: int) -> tuple[int, int, int]:
 
 
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
-    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel."""
+         block_n: int | None = None, block_k: int | None = None,
+         rms: tuple[torch.Tensor, int, float] | None = None) -> torch.Tensor:
+    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel. ``rms = (ss [M, K / group]
+    fp32, group, eps)`` first scales each column by ``rsqrt(ss / group + eps)`` of its group (once per
+    K tile when a power-of-two tile of >= 64 columns divides the group, else per column)."""
     m, k = x2.shape
     n = weight.shape[0]
     if x2.stride(-1) != 1:
@@ -89,10 +112,16 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     if bm > 2:
         bn = max(1, bn * 2 // bm)
     bn, bk = block_n or bn, block_k or bk
-    launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, m, n, k, x2.stride(0),
-           weight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm,
-           BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-           **pdl_args(x2))
+    ss, group, eps = rms if rms is not None else (weight, 1, 0.0)
+    mode = 0
+    if rms is not None:
+        while bk > 64 and group % bk:
+            bk //= 2
+        mode = 1 if group % bk == 0 else 2
+    launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, ss, m, n, k,
+           x2.stride(0), weight.stride(0), y.stride(0), ss.stride(0) if rms is not None else 0, float(eps),
+           HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, RMS=mode, GROUP=group,
+           num_warps=warps, **pdl_args(x2))
     return y
 
 
@@ -116,7 +145,8 @@ def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_p
     rm = tl.arange(0, BLOCK_M)
     n_ok = rn < N
     m_ok = rm < M
-    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, tl.int32, BLOCK_K, USE_PDL)
+    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, x_ptr, 0, 0.0, tl.int32,
+                    BLOCK_K, 0, 1, USE_PDL)
     _epilogue(acc, rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 

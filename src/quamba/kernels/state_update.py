@@ -49,9 +49,9 @@ def _selective_update_kernel(
     mn = offs_n < N
     m2 = md[:, None] & mn[None, :]
     A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
-    pdl_sync(USE_PDL)
     st_offs = b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
-    h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)
+    h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)  # written by an earlier step only
+    pdl_sync(USE_PDL)
     x = _deq(x_ptr, b * s_xb + offs_d * s_xd, md, xs_ptr, xs_val, QUANT, XS_M)
     dt = _deq(dt_ptr, b * s_dtb + offs_d * s_dtd, md, dts_ptr, dts_val, QUANT, DTS_M)
     if HAS_DTB:
@@ -75,15 +75,18 @@ def _selective_update_kernel(
 
 @triton.jit
 def _ssd_update_kernel(
-        st_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, y_ptr,
+        st_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, y_ptr, z_ptr, nw_ptr, ss_ptr,
         sst_ptr, sst_val, xs_ptr, xs_val, dts_ptr, dts_val, Bs_ptr, Bs_val, Cs_ptr, Cs_val,
-        P, N, HPG, dt_lo, dt_hi,
+        P, N, HPG, NORM_GROUP, dt_lo, dt_hi,
         s_sb, s_sh, s_sp, s_sn, s_xb, s_xh, s_xp, s_dtb, s_dth, s_bb, s_bg, s_bn, s_cb, s_cg, s_cn,
-        s_yb, s_yh,
+        s_yb, s_yh, s_zb, s_ssb,
         QUANT: tl.constexpr, SST_M: tl.constexpr, XS_M: tl.constexpr, DTS_M: tl.constexpr,
         BS_M: tl.constexpr, CS_M: tl.constexpr,
         HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
+        GATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
+    """One head's rows ``BLOCK_P`` of the Mamba2 state. ``GATE`` (fp only) starts the gated RMSNorm:
+    the output is ``g * norm_w`` with ``g = y * silu(z)`` (y rounded to the output dtype first, as the
+    unfused norm reads it), and ``sum(g^2)`` is added into ``ss[b, norm group]`` (fp32 atomics)."""
     pid_p = tl.program_id(0)
     hd = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -93,20 +96,27 @@ def _ssd_update_kernel(
     mp = offs_p < P
     mn = offs_n < N
     m2 = mp[:, None] & mn[None, :]
-    pdl_sync(USE_PDL)
     st_offs = b * s_sb + hd * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
-    h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)
+    h = _deq(st_ptr, st_offs, m2, sst_ptr, sst_val, QUANT, SST_M)  # written by an earlier step only
+    A = tl.load(A_ptr + hd).to(tl.float32)
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + hd).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + hd).to(tl.float32)
+    if GATE:
+        nw = tl.load(nw_ptr + hd * P + offs_p, mask=mp, other=0.0).to(tl.float32)
+    pdl_sync(USE_PDL)
     x = _deq(x_ptr, b * s_xb + hd * s_xh + offs_p * s_xp, mp, xs_ptr, xs_val, QUANT, XS_M)
     dt = tl.load(dt_ptr + b * s_dtb + hd * s_dth).to(tl.float32)
     if QUANT:
         dt = dt * load_scale(dts_ptr, dts_val, 0, True, DTS_M)
     if HAS_DTB:
-        dt += tl.load(dtb_ptr + hd).to(tl.float32)
+        dt += dtb
     if SOFTPLUS:
         dt = softplus(dt)
     if HAS_LIMIT:
         dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
-    dA = tl.exp(dt * tl.load(A_ptr + hd).to(tl.float32))
+    dA = tl.exp(dt * A)
     Bv = _deq(B_ptr, b * s_bb + g * s_bg + offs_n * s_bn, mn, Bs_ptr, Bs_val, QUANT, BS_M)
     Cv = _deq(C_ptr, b * s_cb + g * s_cg + offs_n * s_cn, mn, Cs_ptr, Cs_val, QUANT, CS_M)
     h = h * dA + (dt * x)[:, None] * Bv[None, :]
@@ -116,7 +126,13 @@ def _ssd_update_kernel(
         tl.store(st_ptr + st_offs, h.to(st_ptr.dtype.element_ty), mask=m2)
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
-        y += x * tl.load(D_ptr + hd).to(tl.float32)
+        y += x * Dv
+    if GATE:
+        ch = hd * P + offs_p
+        g = y.to(y_ptr.dtype.element_ty).to(tl.float32) * silu(tl.load(z_ptr + b * s_zb + ch, mask=mp, other=0.0)
+                                                                .to(tl.float32))
+        tl.atomic_add(ss_ptr + b * s_ssb + (hd * P) // NORM_GROUP, tl.sum(g * g, axis=0), sem="relaxed")
+        y = g * nw
     tl.store(y_ptr + b * s_yb + hd * s_yh + offs_p, y.to(y_ptr.dtype.element_ty), mask=mp)
 
 
@@ -198,7 +214,9 @@ def _ssd_blocks(p: int, n: int, heads: int, bsz: int) -> tuple[int, int, int]:
     return block_p, block_n, 4 if block_p * block_n >= 1024 else 2
 
 
-def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, scales) -> Tensor:
+def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, scales, gate=None) -> Tensor:
+    """Checks and launch of ``_ssd_update_kernel``; ``gate = (z [B, H*P], norm_w [H*P], ss [B, H*P / group],
+    group)`` selects its ``GATE`` mode."""
     if x.dim() != 3:
         raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
     bsz, heads, p = x.shape
@@ -220,15 +238,17 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm) = scales
     block_p, block_n, warps = _ssd_blocks(p, n, heads, bsz)
+    z, nw, ss, group = gate if gate is not None else (None, None, None, 1)
     launch(_ssd_update_kernel, (cdiv(p, block_p), heads, bsz),
-           state, x, dt, A_, B, C, D_, dtb, y,
+           state, x, dt, A_, B, C, D_, dtb, y, z, nw, ss,
            sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv,
-           p, n, heads // g, lo, min(hi, 3.0e38),
+           p, n, heads // g, group, lo, min(hi, 3.0e38),
            *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), y.stride(0), y.stride(1),
+           z.stride(0) if z is not None else 0, ss.stride(0) if ss is not None else 0,
            QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm,
            HAS_D=D is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-           HAS_LIMIT=(lo, hi) != _NO_LIMIT, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps,
-           **pdl_args(x))
+           HAS_LIMIT=(lo, hi) != _NO_LIMIT, GATE=gate is not None, BLOCK_P=block_p, BLOCK_N=block_n,
+           num_warps=warps, **pdl_args(x))
     return y
 
 

@@ -11,7 +11,8 @@ class LayerState:
     """``conv`` holds the last ``d_conv`` conv inputs ``[B, C, K]``; ``ssm`` the recurrent state.
 
     ``work`` is decode scratch a mixer may keep between steps (Mamba1: the x_proj accumulator and
-    its counter, recycled by the fused decode step); it holds zeros between steps.
+    its counter, recycled by the fused decode step; Mamba2: the gated norm's per-group sums of
+    squares, zeroed by the step's first kernel); it holds zeros between steps.
     """
 
     conv: torch.Tensor

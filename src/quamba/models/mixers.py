@@ -6,6 +6,8 @@ continuing from a cache when given) and decode (one token from the cache).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -31,6 +33,11 @@ def _negative_exp(mixer: nn.Module) -> torch.Tensor:
         cached = (key, -torch.exp(p.detach().float()))
         mixer._A_cache = cached
     return cached[1]
+
+
+def fused_decode() -> bool:
+    """Whether Mamba2 decode steps run fused (``QUAMBA_FUSED_DECODE=0`` selects the unfused op chain)."""
+    return os.environ.get("QUAMBA_FUSED_DECODE", "1") != "0"
 
 
 def decode_work(cfg: MambaConfig, batch: int, device, acc_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +109,8 @@ class Mamba2Mixer(nn.Module):
         c = self.cfg
         return LayerState(conv=torch.zeros(batch, c.conv_dim, c.d_conv, device=device, dtype=dtype),
                           ssm=torch.zeros(batch, c.nheads, c.headdim, c.d_state, device=device,
-                                          dtype=torch.float32))
+                                          dtype=torch.float32),
+                          work=(torch.zeros(batch, c.ngroups, device=device, dtype=torch.float32),))
 
     def split_in_proj(self, zxbcdt: torch.Tensor):
         """``in_proj`` output -> (z, xBC, dt), the mamba_ssm segment order [z, x, B, C, dt]."""
@@ -113,9 +121,26 @@ class Mamba2Mixer(nn.Module):
         c = self.cfg
         return xbc.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
 
+    def _decode_fused(self, h: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One token in three fused launches (``ops.in_proj_conv_step``, ``ssd_gate_step``, ``rms_linear``)."""
+        c = self.cfg
+        b = h.shape[0]
+        ss = state.work[0]
+        zxbcdt = ops.in_proj_conv_step(h[:, 0], self.in_proj.weight, self.in_proj.bias, state.conv,
+                                       self.conv1d.weight[:, 0], self.conv1d.bias, c.d_inner, zero=ss)
+        z, xbc, dt = self.split_in_proj(zxbcdt)
+        x, B, C = self.split_xbc(xbc)
+        gw = ops.ssd_gate_step(state.ssm, x.reshape(b, c.nheads, c.headdim), dt, _negative_exp(self),
+                               B.reshape(b, c.ngroups, c.d_state), C.reshape(b, c.ngroups, c.d_state), self.D,
+                               self.dt_bias, c.dt_limit, z, self.norm.weight, self.norm.group_size, ss)
+        return ops.rms_linear(gw, ss, self.norm.group_size, self.norm.eps, self.out_proj.weight,
+                              self.out_proj.bias).unsqueeze(1)
+
     def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
         c = self.cfg
         b, L, _ = h.shape
+        if state is not None and L == 1 and state.work and fused_decode():
+            return self._decode_fused(h, state)
         z, xbc, dt = self.split_in_proj(self.in_proj(h))
         w = self.conv1d.weight[:, 0]
         A = _negative_exp(self)

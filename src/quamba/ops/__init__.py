@@ -36,3 +36,8 @@ conv_xproj_step = dispatched("conv_xproj_step", fused_reference.conv_xproj_step)
 dtproj_state_step = dispatched("dtproj_state_step", fused_reference.dtproj_state_step)
 qconv_xproj_step = dispatched("qconv_xproj_step", fused_reference.qconv_xproj_step)
 qdtproj_state_step = dispatched("qdtproj_state_step", fused_reference.qdtproj_state_step)
+
+# fused Mamba2 decode step (three launches per layer)
+in_proj_conv_step = dispatched("in_proj_conv_step", fused_reference.in_proj_conv_step)
+ssd_gate_step = dispatched("ssd_gate_step", fused_reference.ssd_gate_step)
+rms_linear = dispatched("rms_linear", fused_reference.rms_linear)

@@ -46,6 +46,9 @@ TRITON_KERNELS: dict[str, str] = {
     "dtproj_state_step": "quamba.kernels.mamba1_step:dtproj_state_step",
     "qconv_xproj_step": "quamba.kernels.mamba1_step:qconv_xproj_step",
     "qdtproj_state_step": "quamba.kernels.mamba1_step:qdtproj_state_step",
+    "in_proj_conv_step": "quamba.kernels.mamba2_step:in_proj_conv_step",
+    "ssd_gate_step": "quamba.kernels.mamba2_step:ssd_gate_step",
+    "rms_linear": "quamba.kernels.mamba2_step:rms_linear",
 }
 
 _backend = os.environ.get("QUAMBA_BACKEND", "auto")

@@ -1,4 +1,4 @@
-"""Plain-torch references of the fused Mamba1 decode ops: compositions of the existing reference ops.
+"""Plain-torch references of the fused decode ops: compositions of the existing reference ops.
 
 A Mamba1 decode step splits into two fused halves (see ``quamba.kernels.mamba1_step``):
 
@@ -10,13 +10,23 @@ returns the exact int32 ``x_proj`` accumulator, the second requantizes it as ``i
 (one shared scale for dt, B and C), runs the int8 ``dt_proj`` to an int8 dt (pre-bias) and the int8
 state update. Chaining the two equals the unfused op sequence of the mixers bit for bit.
 
-At decode the accumulator can be recycled: ``acc`` (zeros) is added into instead of a fresh
+A Mamba2 decode step runs in three launches (see ``quamba.kernels.mamba2_step``):
+
+- ``in_proj_conv_step``: ``in_proj`` with the conv-state update + conv + SiLU applied to its xBC
+  columns (each output column's conv belongs to the program that computes the column);
+- ``ssd_gate_step``: the SSD state update, then the first half of the gated RMSNorm: ``g * norm_w``
+  with ``g = y * silu(z)``, and each norm group's ``sum(g^2)`` added into ``ss``;
+- ``rms_linear``: ``out_proj`` of ``g * norm_w * rsqrt(ss / group + eps)``, the norm finished on the fly.
+  ``ss`` is zeroed by ``in_proj_conv_step`` (its ``zero`` argument) before the next step accumulates.
+
+At decode the Mamba1 accumulator can be recycled: ``acc`` (zeros) is added into instead of a fresh
 tensor, and the second half, given the int32 counter ``done`` (zeros), leaves it zeroed again for
 the next step, so a CUDA graph of the step holds no memset.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import qreference as Q
 from . import reference as R
@@ -91,3 +101,35 @@ def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: 
                                   out_dtype=out_dtype)
     _recycle(acc, done)
     return y
+
+
+def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state: Tensor, conv_w: Tensor,
+                      conv_b: Tensor | None, start: int, zero: Tensor | None = None) -> Tensor:
+    """``y = h [B, K] @ weight^T (+ bias)``, then ``causal_conv1d_update`` + SiLU on the columns
+    ``[start, start + C)`` (``conv_state [B, C, K]`` updated in place). ``zero`` (a scratch tensor) is zeroed."""
+    y = R.linear(h, weight, bias)
+    end = start + conv_state.shape[1]
+    y[:, start:end] = R.causal_conv1d_update(y[:, start:end], conv_state, conv_w, conv_b, silu=True)
+    if zero is not None:
+        zero.zero_()
+    return y
+
+
+def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  dt_bias: Tensor | None, dt_limit: tuple[float, float], z: Tensor, norm_w: Tensor, group: int,
+                  ss: Tensor) -> Tensor:
+    """``ssd_state_update`` (softplus dt, ``state`` in place), then ``g = y * silu(z)``: returns
+    ``g * norm_w`` ``[B, H*P]`` in x.dtype and adds each group's ``sum(g^2)`` into ``ss [B, H*P / group]``."""
+    y = R.ssd_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit)
+    b = y.shape[0]
+    g = y.reshape(b, -1).float() * F.silu(z.float())
+    ss.add_(g.pow(2).reshape(b, -1, group).sum(-1))
+    return (g * norm_w.float()).to(y.dtype)
+
+
+def rms_linear(gw: Tensor, ss: Tensor, group: int, eps: float, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``out_proj`` of ``gw [B, K]`` with each group of ``group`` columns scaled by ``rsqrt(ss / group + eps)``
+    (the gated RMSNorm finished from ``ssd_gate_step``'s sums); fp32 math, result in gw.dtype."""
+    b, k = gw.shape
+    x = (gw.float().reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
+    return F.linear(x, weight.float(), bias.float() if bias is not None else None).to(gw.dtype)

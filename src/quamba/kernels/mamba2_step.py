@@ -1,0 +1,152 @@
+"""Fused Mamba2 decode step in three launches (fp): in_proj + conv, SSD update + gate, out_proj + norm.
+
+The unfused step runs six short kernels per layer (norm, in_proj, conv update, SSD update, gated
+RMSNorm, out_proj); at batch-1 decode each costs a launch, a ramp and a tail of ~2 us. Fused:
+
+- ``in_proj_conv_step``: the decode GEMV of ``in_proj``. The program that computes an xBC column
+  also owns that channel's conv state: it shifts the new value in, convolves, applies SiLU and
+  stores the conv output in place of the raw column (the old taps load with the first weight tile,
+  before the PDL wait). Program 0 zeroes the step's ``ss`` scratch.
+- ``ssd_gate_step``: the SSD state update (``state_update._ssd_update_kernel`` in its ``GATE`` mode)
+  writes ``g * norm_w`` with ``g = y * silu(z)`` and adds each program's ``sum(g^2)`` into the sum
+  of its norm group (fp32 atomics: the order of the additions varies run to run at fp32 rounding).
+- ``rms_linear``: the decode GEMV of ``out_proj`` that scales each activation column by
+  ``rsqrt(ss / group + eps)`` as it loads it, finishing the gated RMSNorm on the fly.
+
+More than ``gemv.MAX_M`` rows take the unfused kernels. References: ``quamba.ops.fused_reference``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..errors import InvalidArgumentError
+from ._small_common import channel_vector, old_taps, pow2, push_tap, silu, store_window
+from .conv1d import causal_conv1d_update
+from .gemv import MAX_M, _row_dots, fp16_plan, gemv
+from .launch import cdiv, launch, next_pow2
+from .pdl import pdl_args
+from .state_update import _FP_SCALES, _NO_LIMIT, _ssd
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero_ptr,
+                         M, N, K, C0, C, NZERO, stride_xm, stride_wn, stride_ym, s_sb, s_sc, s_sk, s_cc, s_ck,
+                         HAS_BIAS: tl.constexpr, HAS_CB: tl.constexpr, KC: tl.constexpr, KCP: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         HAS_ZERO: tl.constexpr, BLOCK_Z: tl.constexpr, USE_PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    n_ok = rn < N
+    m_ok = rm < M
+    c = rn - C0
+    c_ok = (c >= 0) & (c < C) & n_ok
+    rk = tl.arange(0, KCP)
+    base = s_ptr + rm[:, None, None] * s_sb + c[None, :, None] * s_sc
+    live = m_ok[:, None, None] & c_ok[None, :, None]
+    taps = old_taps(base, rk[None, None, :], live, KC, s_sk)
+    cw = tl.load(cw_ptr + c[:, None] * s_cc + rk[None, :] * s_ck, mask=c_ok[:, None] & (rk < KC)[None, :],
+                 other=0.0).to(tl.float32)
+    if HAS_CB:
+        cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, x_ptr, 0, 0.0, tl.float32,
+                    BLOCK_K, 0, 1, USE_PDL)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = acc.to(y_ptr.dtype.element_ty)
+    first = pid * BLOCK_N
+    if (first < C0 + C) & (first + BLOCK_N > C0):
+        window = push_tap(taps, y[:, :, None], rk[None, None, :], KC)
+        conv = tl.sum(window.to(tl.float32) * cw[None, :, :], axis=2)
+        store_window(base, window, rk[None, None, :], live, KC, s_sk)
+        if HAS_CB:
+            conv += cb[None, :]
+        y = tl.where(c_ok[None, :], silu(conv).to(y_ptr.dtype.element_ty), y)
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+    if HAS_ZERO:
+        if pid == 0:
+            rz = tl.arange(0, BLOCK_Z)
+            tl.store(zero_ptr + rz, tl.zeros((BLOCK_Z,), dtype=zero_ptr.dtype.element_ty), mask=rz < NZERO)
+
+
+def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state: Tensor, conv_w: Tensor,
+                      conv_b: Tensor | None, start: int, zero: Tensor | None = None) -> Tensor:
+    """``in_proj`` of one token with the conv update + SiLU fused on columns ``[start, start + C)``;
+    see ``fused_reference.in_proj_conv_step``."""
+    if h.dim() != 2:
+        raise InvalidArgumentError(f"h must be [B, K], got {tuple(h.shape)}")
+    m, k = h.shape
+    n = weight.shape[0]
+    if conv_state.dim() != 3 or conv_state.shape[0] != m:
+        raise InvalidArgumentError(f"conv_state {tuple(conv_state.shape)} does not match h {tuple(h.shape)}")
+    c, kc = conv_state.shape[1], conv_state.shape[2]
+    if not (0 <= start and start + c <= n):
+        raise InvalidArgumentError(f"conv columns [{start}, {start + c}) outside in_proj's {n} outputs")
+    if tuple(conv_w.shape) != (c, kc):
+        raise InvalidArgumentError(f"conv weight {tuple(conv_w.shape)} != {(c, kc)}")
+    cb = channel_vector(conv_b, c, "conv bias")
+    if zero is not None and not zero.is_contiguous():
+        raise InvalidArgumentError("zero must be contiguous")
+    if m == 0 or m > MAX_M or h.dtype != weight.dtype:
+        y = F.linear(h, weight, bias)
+        y[:, start:start + c] = causal_conv1d_update(y[:, start:start + c], conv_state, conv_w, cb, silu=True)
+        if zero is not None:
+            zero.zero_()
+        return y
+    if h.stride(-1) != 1:
+        h = h.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    y = torch.empty(m, n, device=h.device, dtype=h.dtype)
+    bm = next_pow2(m)
+    bn, bk, warps = fp16_plan(n, k)
+    if bm > 2:
+        bn = max(1, bn * 2 // bm)
+    nz = zero.numel() if zero is not None else 0
+    launch(_in_proj_conv_kernel, (cdiv(n, bn),), h, weight, bias if bias is not None else weight, y, conv_state,
+           conv_w, cb, zero, m, n, k, start, c, nz, h.stride(0), weight.stride(0), y.stride(0),
+           *conv_state.stride(), *conv_w.stride(),
+           HAS_BIAS=bias is not None, HAS_CB=cb is not None, KC=kc, KCP=pow2(kc, 2), BLOCK_M=bm, BLOCK_N=bn,
+           BLOCK_K=bk, HAS_ZERO=nz > 0, BLOCK_Z=pow2(nz),
+           num_warps=warps, **pdl_args(h))
+    return y
+
+
+def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  dt_bias: Tensor | None, dt_limit: tuple[float, float], z: Tensor, norm_w: Tensor, group: int,
+                  ss: Tensor) -> Tensor:
+    """SSD state update + the first half of the gated RMSNorm; see ``fused_reference.ssd_gate_step``."""
+    if x.dim() != 3:
+        raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
+    bsz, heads, p = x.shape
+    d = heads * p
+    if tuple(z.shape) != (bsz, d):
+        raise InvalidArgumentError(f"z {tuple(z.shape)} != {(bsz, d)}")
+    if not (group > 0 and d % group == 0 and group % p == 0):
+        raise InvalidArgumentError(f"norm group {group} must divide {d} channels and hold whole heads of {p}")
+    if tuple(ss.shape) != (bsz, d // group) or ss.dtype != torch.float32:
+        raise InvalidArgumentError(f"ss must be fp32 {(bsz, d // group)}, got {ss.dtype} {tuple(ss.shape)}")
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    nw = channel_vector(norm_w, d, "norm weight")
+    lim = dt_limit if dt_limit is not None else _NO_LIMIT
+    return _ssd(state, x, dt, A, B, C, D, dt_bias, True, lim, x.dtype, _FP_SCALES[:5],
+                gate=(z, nw, ss, group)).reshape(bsz, d)
+
+
+def rms_linear(gw: Tensor, ss: Tensor, group: int, eps: float, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``out_proj`` with the gated RMSNorm finished on load; see ``fused_reference.rms_linear``."""
+    if gw.dim() != 2:
+        raise InvalidArgumentError(f"gw must be [B, K], got {tuple(gw.shape)}")
+    m, k = gw.shape
+    if not (group > 0 and k % group == 0 and tuple(ss.shape) == (m, k // group)):
+        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {k} columns")
+    if m == 0 or m > MAX_M or gw.dtype != weight.dtype:
+        x = (gw.float().reshape(m, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(m, k)
+        return F.linear(x.to(gw.dtype), weight, bias)
+    return gemv(gw, weight, bias, rms=(ss, group, eps))
