@@ -1,4 +1,4 @@
-"""Decode and prefill under launch variants: without and with PDL.
+"""Decode and prefill under launch variants (PDL, fused Mamba2 decode step).
 
 For each precision: TPOT of a CUDA-graph decoder captured under each variant, the greedy tokens of
 all (must agree), the eager prefill's wall time, and (``--cprofile``) where the prefill's host time goes.
@@ -24,7 +24,8 @@ from quamba.graphs import GraphDecoder
 from profile_step import gpu_total_us  # benchmarks/ is on the path when this script runs
 
 
-VARIANTS = {"plain": {"QUAMBA_PDL": "0"}, "pdl": {"QUAMBA_PDL": "1"}}
+_DEFAULTS = {"QUAMBA_PDL": "1", "QUAMBA_FUSED_DECODE": "1"}
+VARIANTS = {"plain": {"QUAMBA_PDL": "0"}, "pdl": {}, "unfused": {"QUAMBA_FUSED_DECODE": "0"}}
 
 
 def greedy(dec: GraphDecoder, prompt: torch.Tensor, n: int) -> list[int]:
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16,w8a8")
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--cprofile", type=int, default=0, help="rows of the prefill host profile (0: none)")
+    ap.add_argument("--variants", default="plain,pdl", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     report = {"shape": args.shape}
@@ -86,8 +88,8 @@ def main() -> None:
         nxt = torch.randint(0, vocab, (1,), device="cuda", generator=g)
         row = {}
         tokens = {}
-        for name, env in VARIANTS.items():
-            os.environ.update(env)
+        for name in args.variants.split(","):
+            os.environ.update({**_DEFAULTS, **VARIANTS[name]})
             dec = GraphDecoder(model, 1)
             row[f"ttft_ms_{name}"] = cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=5)
             dec.prefill(prompt)
@@ -95,7 +97,9 @@ def main() -> None:
             tokens[name] = greedy(dec, prompt[:, :64], 24)
             del dec
             torch.cuda.empty_cache()
-        row["tokens_agree"] = all(t == tokens["plain"] for t in tokens.values())
+        os.environ.update(_DEFAULTS)
+        first = next(iter(tokens.values()))
+        row["tokens_agree"] = all(t == first for t in tokens.values())
         row["prefill_host_ms"], row["prefill_gpu_busy_ms"] = host_and_gpu_ms(model, prompt)
         if args.cprofile:
             cache = model.allocate_cache(1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the GPU work: GPU-marked tests, kernel micro-benchmarks, end-to-end bench.
-# Usage (on the GPU machine, repo root): STAGES=tests,kernels,bench OUT=out bash benchmarks/device_suite.sh
+# Usage (on the GPU machine, repo root): STAGES=tests,kernels,variants,bench OUT=out bash benchmarks/device_suite.sh
 set -uo pipefail
 export PYTHONPATH=src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 OUT=${OUT:-out}
@@ -23,6 +23,16 @@ if has kernels; then
     echo "== $name"
     timeout "${KERNEL_TIMEOUT:-150}" python3 "$f" >"$OUT/$name.log" 2>&1
     echo "rc=$?"; tail -n 25 "$OUT/$name.log"
+  done
+fi
+
+if has variants; then
+  for s in ${SHAPES//,/ }; do
+    echo "== decode variants $s"
+    timeout "${VARIANT_TIMEOUT:-300}" python3 benchmarks/decode_variants.py --shape "$s" \
+      --precision "${PRECISIONS:-fp16,w8a8}" --variants "${VARIANTS:-plain,pdl}" --json \
+      >"$OUT/decode_variants_$s.json" 2>"$OUT/decode_variants_$s.err"
+    echo "rc=$?"; grep "^==" "$OUT/decode_variants_$s.json"; tail -n 3 "$OUT/decode_variants_$s.err"
   done
 fi
 

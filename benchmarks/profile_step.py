@@ -2,7 +2,10 @@
 
 Prints, per phase, the kernels by total GPU time and the Python/aten ops by CPU time, plus the
 event-timed wall time against the summed GPU kernel time (a large gap means launch-bound).
-Usage: PYTHONPATH=src python benchmarks/profile_step.py --shape mamba-2.8b --precision w8a8
+``--graph`` profiles replays of the CUDA-graph decode step instead: each kernel's time per step
+(with ``QUAMBA_PDL=0`` the kernels do not overlap, so their sum against the step's time is the
+cost of the gaps between them).
+Usage: PYTHONPATH=src python benchmarks/profile_step.py --shape mamba-2.8b --precision w8a8 [--graph]
 """
 from __future__ import annotations
 
@@ -38,8 +41,12 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=22)
+    ap.add_argument("--graph", action="store_true", help="profile CUDA-graph decode replays")
     args = ap.parse_args()
     model = build_model(None, args.shape, args.precision)
+    if args.graph:
+        graph_steps(model, args)
+        return
     vocab = model.config.tokenizer_vocab_size
     prompt = torch.randint(0, vocab, (1, args.prompt_len), device="cuda")
     cache = model.allocate_cache(1)
@@ -66,6 +73,32 @@ def main() -> None:
                   f"summed GPU kernel time {gpu_ms:.3f} ms per call")
             print(_table(prof, "self_cuda_time_total", args.rows))
             print(_table(prof, "cpu_time_total", 12))
+
+
+def graph_steps(model, args, reps: int = 20) -> None:
+    """Kernel time per CUDA-graph decode step: name, launches per step, us per launch, us per step."""
+    from quamba.graphs import GraphDecoder
+
+    dec = GraphDecoder(model, 1)
+    prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, 64), device="cuda")
+    tok = torch.zeros(1, dtype=torch.long, device="cuda")
+    dec.prefill(prompt)
+    step_ms = cuda_time_ms(lambda: dec.step(tok), 5, 50)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            dec.step(tok)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+        if us > 0:
+            rows.append((us / reps, e.count / reps, e.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"\n===== {args.shape} {args.precision} graph decode step: {step_ms * 1e3:.1f} us per step, "
+          f"kernels {total:.1f} us summed, PDL={__import__('os').environ.get('QUAMBA_PDL', '1')}")
+    for per_step, count, name in rows[:args.rows]:
+        print(f"  {per_step:9.1f} us/step  {count:6.1f}/step  {per_step / count:7.2f} us  {name[:70]}")
 
 
 if __name__ == "__main__":
