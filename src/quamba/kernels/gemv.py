@@ -94,6 +94,16 @@ def fp16_plan(n: int, k: int) -> tuple[int, int, int]:
     return (2, 512, 2) if k <= 4096 else (2, 1024, 4)
 
 
+def decode_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` of an fp decode GEMV: ``fp16_plan``'s tiles, the channel
+    tile narrowed as the padded row count grows past 2 (same work per program)."""
+    bm = max(1, next_pow2(m))
+    bn, bk, warps = fp16_plan(n, k)
+    if bm > 2:
+        bn = max(1, bn * 2 // bm)
+    return bm, bn, bk, warps
+
+
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          block_n: int | None = None, block_k: int | None = None,
          rms: tuple[torch.Tensor, int, float] | None = None) -> torch.Tensor:
@@ -107,10 +117,7 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
-    bm = max(1, next_pow2(m))
-    bn, bk, warps = fp16_plan(n, k)
-    if bm > 2:
-        bn = max(1, bn * 2 // bm)
+    bm, bn, bk, warps = decode_tiles(m, n, k)
     bn, bk = block_n or bn, block_k or bk
     ss, group, eps = rms if rms is not None else (weight, 1, 0.0)
     mode = 0

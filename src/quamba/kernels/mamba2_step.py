@@ -25,8 +25,8 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ._small_common import channel_vector, old_taps, pow2, push_tap, silu, store_window
 from .conv1d import causal_conv1d_update
-from .gemv import MAX_M, _row_dots, fp16_plan, gemv
-from .launch import cdiv, launch, next_pow2
+from .gemv import MAX_M, _row_dots, decode_tiles, gemv
+from .launch import cdiv, launch
 from .pdl import pdl_args
 from .state_update import _FP_SCALES, _NO_LIMIT, _ssd
 
@@ -103,10 +103,7 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     y = torch.empty(m, n, device=h.device, dtype=h.dtype)
-    bm = next_pow2(m)
-    bn, bk, warps = fp16_plan(n, k)
-    if bm > 2:
-        bn = max(1, bn * 2 // bm)
+    bm, bn, bk, warps = decode_tiles(m, n, k)
     nz = zero.numel() if zero is not None else 0
     launch(_in_proj_conv_kernel, (cdiv(n, bn),), h, weight, bias if bias is not None else weight, y, conv_state,
            conv_w, cb, zero, m, n, k, start, c, nz, h.stride(0), weight.stride(0), y.stride(0),

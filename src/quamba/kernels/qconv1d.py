@@ -13,7 +13,7 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
                             store_window)
-from .conv1d import update_block
+from .conv1d import _check_common, update_block
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
 
@@ -100,12 +100,7 @@ def _scales(d: int, x_scale: Scale, w_scale: Scale, b_q: Tensor | None, b_scale:
 
 
 def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None) -> None:
-    if not (w_q.dim() == 2 and w_q.shape[0] == d):
-        raise InvalidArgumentError(f"conv weight {tuple(w_q.shape)} does not match {d} channels")
-    if not (1 <= k <= 8):
-        raise InvalidArgumentError(f"conv width {k} not supported (1..8)")
-    if not (b_q is None or b_q.numel() == d):
-        raise InvalidArgumentError(f"conv bias does not match {d} channels")
+    _check_common(d, k, w_q, b_q)
     for t in (w_q, b_q) + int8:
         if not (t is None or t.dtype == torch.int8):
             raise InvalidArgumentError(f"expected int8 tensors, got {t.dtype if t is not None else None}")
