@@ -14,9 +14,8 @@ import json
 import torch
 import triton
 
-from quamba.kernels.gemv import INT8_VARIANTS, _gemv_kernel, launch_int8_gemv
+from quamba.kernels.gemv import INT8_VARIANTS, gemv, launch_int8_gemv
 from quamba.kernels.int8_gemm import epilogue_args, launch_gemv
-from quamba.kernels.pdl import pdl_args
 from quamba.bench import graph_replay_ms
 
 SHAPES = {"in_proj m1": (10240, 2560), "x_proj m1": (192, 5120), "dt_proj m1": (5120, 160),
@@ -61,17 +60,12 @@ def best_of(grid, make_calls) -> tuple[float, tuple] | None:
 def sweep_fp16(n: int, k: int, m: int) -> dict:
     ws = copies(n, k, torch.float16)
     x = torch.randn(m, k, dtype=torch.float16, device="cuda")
-    y = torch.empty(m, n, dtype=torch.float16, device="cuda")
 
     def make(cfg):
         bn, bk, nw = cfg
         if bk > 2 * triton.next_power_of_2(k):
             return None
-        return [lambda w=w: _gemv_kernel[(triton.cdiv(n, bn),)](
-            x, w, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), HAS_BIAS=False,
-            BLOCK_M=max(1, triton.next_power_of_2(m)), BLOCK_N=bn, BLOCK_K=bk, num_warps=nw,
-            **pdl_args(x))
-            for w in ws]
+        return [lambda w=w: gemv(x, w, block_n=bn, block_k=bk, num_warps=nw) for w in ws]
 
     best = best_of(FP16, make)
     return {"fp16": {"us": best[0], "cfg": best[1], "GBps": n * k * 2 / best[0] / 1e3}} if best else {}

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from ..ops import fused_reference as FR
 from .int8_gemm import _epilogue, interpreting
 from .pdl import pdl_args, pdl_sync
 from .launch import launch, cdiv, next_pow2
@@ -66,9 +67,33 @@ def _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ss_ptr,
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, M, N, K, stride_xm, stride_wn, stride_ym, s_ssm, eps,
+def _add_norm(y, rm, rn, m_ok, n_ok, res_ptr, s_rm, nw_ptr, ss_ptr, s_ssm, OUT: tl.constexpr):
+    """Residual add + the first half of the next RMSNorm on output tile ``y``: ``residual += h`` (``h`` =
+    ``y`` rounded to ``OUT``, in place, in the residual's dtype), ``sum(r^2)`` of the rows added into
+    ``ss[m]`` (fp32 atomics) and ``r * norm_w`` returned, with ``r`` the residual rounded to ``OUT``."""
+    mask = m_ok[:, None] & n_ok[None, :]
+    rp = res_ptr + rm[:, None] * s_rm + rn[None, :]
+    r = (tl.load(rp, mask=mask, other=0.0).to(tl.float32) + y.to(OUT).to(tl.float32)).to(res_ptr.dtype.element_ty)
+    tl.store(rp, r, mask=mask)
+    r = r.to(OUT).to(tl.float32)
+    tl.atomic_add(ss_ptr + rm * s_ssm, tl.sum(r * r, axis=1), mask=m_ok, sem="relaxed")
+    return r * tl.load(nw_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def zero_scratch(zero_ptr, NZERO, BLOCK_Z: tl.constexpr):
+    """Program 0 zeroes the ``NZERO`` leading elements of a scratch buffer (call after ``pdl_sync``)."""
+    if tl.program_id(0) == 0:
+        rz = tl.arange(0, BLOCK_Z)
+        tl.store(zero_ptr + rz, tl.zeros((BLOCK_Z,), dtype=zero_ptr.dtype.element_ty), mask=rz < NZERO)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, res_ptr, nw_ptr, ss2_ptr, zero_ptr,
+                 M, N, K, NZERO, stride_xm, stride_wn, stride_ym, s_ssm, s_rm, s_ss2m, eps,
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 RMS: tl.constexpr, GROUP: tl.constexpr, USE_PDL: tl.constexpr):
+                 RMS: tl.constexpr, GROUP: tl.constexpr, ADD_NORM: tl.constexpr, BLOCK_Z: tl.constexpr,
+                 USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
@@ -78,8 +103,12 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, M, N, K, stride_xm, stride_
                   BLOCK_K, RMS, GROUP, USE_PDL)
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if ADD_NORM:
+        y = _add_norm(y, rm, rn, m_ok, n_ok, res_ptr, s_rm, nw_ptr, ss2_ptr, s_ss2m, y_ptr.dtype.element_ty)
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
+    if BLOCK_Z > 0:
+        zero_scratch(zero_ptr, NZERO, BLOCK_Z)
 
 
 def fp16_plan(n: int, k: int) -> tuple[int, int, int]:
@@ -104,12 +133,33 @@ def decode_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int]:
     return bm, bn, bk, warps
 
 
+def rms_plan(rms: tuple[torch.Tensor, int, float] | None, block_k: int, dummy: torch.Tensor
+             ) -> tuple[tuple[torch.Tensor, int, float, int], int]:
+    """``((ss, group, eps, RMS mode), BLOCK_K)`` for ``_x_tile``: the K tile halved (down to 64) until it
+    divides the norm group (mode 1, one rsqrt per tile), else mode 2 (per column); mode 0 without ``rms``."""
+    if rms is None:
+        return (dummy, 1, 0.0, 0), block_k
+    ss, group, eps = rms
+    while block_k > 64 and group % block_k:
+        block_k //= 2
+    return (ss, group, float(eps), 1 if group % block_k == 0 else 2), block_k
+
+
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         block_n: int | None = None, block_k: int | None = None,
-         rms: tuple[torch.Tensor, int, float] | None = None) -> torch.Tensor:
-    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel. ``rms = (ss [M, K / group]
-    fp32, group, eps)`` first scales each column by ``rsqrt(ss / group + eps)`` of its group (once per
-    K tile when a power-of-two tile of >= 64 columns divides the group, else per column)."""
+         block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+         rms: tuple[torch.Tensor, int, float] | None = None,
+         add_norm: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+         zero: torch.Tensor | None = None) -> torch.Tensor:
+    """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel (``block_n``, ``block_k``,
+    ``num_warps`` override ``decode_tiles``' plan).
+
+    - ``rms = (ss [M, K / group] fp32, group, eps)`` first scales each column by ``rsqrt(ss / group + eps)``
+      of its group (once per K tile when a power-of-two tile of >= 64 columns divides the group, else
+      per column).
+    - ``add_norm = (residual [M, N], norm_w [N], ss_out [M, 1] fp32)``: the epilogue of ``_add_norm``;
+      the result is then ``residual * norm_w`` (see ``fused_reference.linear_add_norm``).
+    - ``zero``: a contiguous scratch tensor that program 0 zeroes.
+    """
     m, k = x2.shape
     n = weight.shape[0]
     if x2.stride(-1) != 1:
@@ -118,18 +168,37 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         weight = weight.contiguous()
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     bm, bn, bk, warps = decode_tiles(m, n, k)
-    bn, bk = block_n or bn, block_k or bk
-    ss, group, eps = rms if rms is not None else (weight, 1, 0.0)
-    mode = 0
-    if rms is not None:
-        while bk > 64 and group % bk:
-            bk //= 2
-        mode = 1 if group % bk == 0 else 2
-    launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, ss, m, n, k,
-           x2.stride(0), weight.stride(0), y.stride(0), ss.stride(0) if rms is not None else 0, float(eps),
+    bn, bk, warps = block_n or bn, block_k or bk, num_warps or warps
+    (ss, group, eps, mode), bk = rms_plan(rms, bk, weight)
+    res, nw, ss2 = add_norm if add_norm is not None else (weight, weight, weight)
+    nz = zero.numel() if zero is not None else 0
+    launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, ss, res, nw, ss2,
+           zero if zero is not None else weight, m, n, k, nz, x2.stride(0), weight.stride(0), y.stride(0),
+           ss.stride(0) if rms is not None else 0, res.stride(0) if add_norm is not None else 0,
+           ss2.stride(0) if add_norm is not None else 0, float(eps),
            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, RMS=mode, GROUP=group,
-           num_warps=warps, **pdl_args(x2))
+           ADD_NORM=add_norm is not None, BLOCK_Z=next_pow2(nz) if nz else 0, num_warps=warps, **pdl_args(x2))
     return y
+
+
+def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
+                    norm_w: torch.Tensor, ss: torch.Tensor,
+                    rms: tuple[torch.Tensor, int, float] | None = None) -> torch.Tensor:
+    """A block's ``out_proj`` with the residual add and the first half of the next RMSNorm in its
+    epilogue; see ``fused_reference.linear_add_norm``."""
+    if x.dim() != 2:
+        raise InvalidArgumentError(f"x must be [B, K], got {tuple(x.shape)}")
+    m, k = x.shape
+    n = weight.shape[0]
+    if tuple(residual.shape) != (m, n) or residual.stride(-1) != 1:
+        raise InvalidArgumentError(f"residual must be a row-contiguous {(m, n)}, got {tuple(residual.shape)}")
+    if tuple(norm_w.shape) != (n,) or not norm_w.is_contiguous():
+        raise InvalidArgumentError(f"norm weight must be a contiguous ({n},), got {tuple(norm_w.shape)}")
+    if tuple(ss.shape) != (m, 1) or ss.dtype != torch.float32:
+        raise InvalidArgumentError(f"ss must be fp32 {(m, 1)}, got {ss.dtype} {tuple(ss.shape)}")
+    if m == 0 or m > MAX_M or x.dtype != weight.dtype:
+        return FR.linear_add_norm(x, weight, bias, residual, norm_w, ss, rms)
+    return gemv(x, weight, bias, rms=rms, add_norm=(residual, norm_w, ss))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

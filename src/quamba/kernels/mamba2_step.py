@@ -18,14 +18,13 @@ More than ``gemv.MAX_M`` rows take the unfused kernels. References: ``quamba.ops
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from ._small_common import channel_vector, old_taps, pow2, push_tap, silu, store_window
-from .conv1d import causal_conv1d_update
-from .gemv import MAX_M, _row_dots, decode_tiles, gemv
+from ..ops import fused_reference as FR
+from .gemv import MAX_M, _row_dots, decode_tiles, gemv, rms_plan, zero_scratch
 from .launch import cdiv, launch
 from .pdl import pdl_args
 from .state_update import _FP_SCALES, _NO_LIMIT, _ssd
@@ -34,11 +33,12 @@ Tensor = torch.Tensor
 
 
 @triton.jit
-def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero_ptr,
+def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero_ptr, ss_ptr,
                          M, N, K, C0, C, NZERO, stride_xm, stride_wn, stride_ym, s_sb, s_sc, s_sk, s_cc, s_ck,
+                         s_ssm, eps,
                          HAS_BIAS: tl.constexpr, HAS_CB: tl.constexpr, KC: tl.constexpr, KCP: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         HAS_ZERO: tl.constexpr, BLOCK_Z: tl.constexpr, USE_PDL: tl.constexpr):
+                         RMS: tl.constexpr, GROUP: tl.constexpr, BLOCK_Z: tl.constexpr, USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
@@ -54,8 +54,8 @@ def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero
                  other=0.0).to(tl.float32)
     if HAS_CB:
         cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, x_ptr, 0, 0.0, tl.float32,
-                    BLOCK_K, 0, 1, USE_PDL)
+    acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ss_ptr, s_ssm, eps, tl.float32,
+                    BLOCK_K, RMS, GROUP, USE_PDL)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = acc.to(y_ptr.dtype.element_ty)
@@ -68,14 +68,13 @@ def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero
             conv += cb[None, :]
         y = tl.where(c_ok[None, :], silu(conv).to(y_ptr.dtype.element_ty), y)
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
-    if HAS_ZERO:
-        if pid == 0:
-            rz = tl.arange(0, BLOCK_Z)
-            tl.store(zero_ptr + rz, tl.zeros((BLOCK_Z,), dtype=zero_ptr.dtype.element_ty), mask=rz < NZERO)
+    if BLOCK_Z > 0:
+        zero_scratch(zero_ptr, NZERO, BLOCK_Z)
 
 
 def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state: Tensor, conv_w: Tensor,
-                      conv_b: Tensor | None, start: int, zero: Tensor | None = None) -> Tensor:
+                      conv_b: Tensor | None, start: int, zero: Tensor | None = None,
+                      rms: tuple[Tensor, int, float] | None = None) -> Tensor:
     """``in_proj`` of one token with the conv update + SiLU fused on columns ``[start, start + C)``;
     see ``fused_reference.in_proj_conv_step``."""
     if h.dim() != 2:
@@ -92,26 +91,30 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     cb = channel_vector(conv_b, c, "conv bias")
     if zero is not None and not zero.is_contiguous():
         raise InvalidArgumentError("zero must be contiguous")
+    if rms is not None:
+        _check_rms(rms, m, k)
     if m == 0 or m > MAX_M or h.dtype != weight.dtype:
-        y = F.linear(h, weight, bias)
-        y[:, start:start + c] = causal_conv1d_update(y[:, start:start + c], conv_state, conv_w, cb, silu=True)
-        if zero is not None:
-            zero.zero_()
-        return y
+        return FR.in_proj_conv_step(h, weight, bias, conv_state, conv_w, cb, start, zero, rms)
     if h.stride(-1) != 1:
         h = h.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     y = torch.empty(m, n, device=h.device, dtype=h.dtype)
     bm, bn, bk, warps = decode_tiles(m, n, k)
+    (ss, group, eps, mode), bk = rms_plan(rms, bk, weight)
     nz = zero.numel() if zero is not None else 0
     launch(_in_proj_conv_kernel, (cdiv(n, bn),), h, weight, bias if bias is not None else weight, y, conv_state,
-           conv_w, cb, zero, m, n, k, start, c, nz, h.stride(0), weight.stride(0), y.stride(0),
-           *conv_state.stride(), *conv_w.stride(),
+           conv_w, cb, zero, ss, m, n, k, start, c, nz, h.stride(0), weight.stride(0), y.stride(0),
+           *conv_state.stride(), *conv_w.stride(), ss.stride(0) if rms is not None else 0, eps,
            HAS_BIAS=bias is not None, HAS_CB=cb is not None, KC=kc, KCP=pow2(kc, 2), BLOCK_M=bm, BLOCK_N=bn,
-           BLOCK_K=bk, HAS_ZERO=nz > 0, BLOCK_Z=pow2(nz),
-           num_warps=warps, **pdl_args(h))
+           BLOCK_K=bk, RMS=mode, GROUP=group, BLOCK_Z=pow2(nz) if nz else 0, num_warps=warps, **pdl_args(h))
     return y
+
+
+def _check_rms(rms: tuple[Tensor, int, float], m: int, k: int) -> None:
+    ss, group = rms[0], rms[1]
+    if not (group > 0 and k % group == 0 and tuple(ss.shape) == (m, k // group) and ss.stride(-1) == 1):
+        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {k} columns")
 
 
 def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -136,14 +139,17 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
                 gate=(z, nw, ss, group)).reshape(bsz, d)
 
 
-def rms_linear(gw: Tensor, ss: Tensor, group: int, eps: float, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``out_proj`` with the gated RMSNorm finished on load; see ``fused_reference.rms_linear``."""
+def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Tensor, bias: Tensor | None = None,
+               zero: Tensor | None = None) -> Tensor:
+    """A decode GEMV with an RMSNorm finished on load; see ``fused_reference.rms_linear``."""
     if gw.dim() != 2:
         raise InvalidArgumentError(f"gw must be [B, K], got {tuple(gw.shape)}")
     m, k = gw.shape
-    if not (group > 0 and k % group == 0 and tuple(ss.shape) == (m, k // group)):
-        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {k} columns")
+    rms = (ss, group, eps) if ss is not None else None
+    if rms is not None:
+        _check_rms(rms, m, k)
+    if zero is not None and not zero.is_contiguous():
+        raise InvalidArgumentError("zero must be contiguous")
     if m == 0 or m > MAX_M or gw.dtype != weight.dtype:
-        x = (gw.float().reshape(m, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(m, k)
-        return F.linear(x.to(gw.dtype), weight, bias)
-    return gemv(gw, weight, bias, rms=(ss, group, eps))
+        return FR.rms_linear(gw, ss, group, eps, weight, bias, zero)
+    return gemv(gw, weight, bias, rms=rms, zero=zero)

@@ -10,9 +10,11 @@ import torch
 class LayerState:
     """``conv`` holds the last ``d_conv`` conv inputs ``[B, C, K]``; ``ssm`` the recurrent state.
 
-    ``work`` is decode scratch a mixer may keep between steps (Mamba1: the x_proj accumulator and
-    its counter, recycled by the fused decode step; Mamba2: the gated norm's per-group sums of
-    squares, zeroed by the step's first kernel); it holds zeros between steps.
+    ``work`` is decode scratch a mixer may keep between steps, per batch row: Mamba1 the x_proj
+    accumulator and its counter (recycled: zeros between steps) and the folded block norm's sum of
+    squares ``[B, 1]``; Mamba2 ``[B, G + 1]``, the gated norm's per-group
+    sums and the folded block norm's sum. The sums are zeroed by the layer's first kernel of a step
+    before they accumulate.
     """
 
     conv: torch.Tensor

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from ..config import MambaConfig
 from .cache import InferenceCache
-from .mixers import Linear, Mamba1Mixer, Mamba2Mixer, RMSNorm
+from .. import ops
+from .mixers import Linear, Mamba1Mixer, Mamba2Mixer, RMSNorm, fold_norms
 
 
 class Block(nn.Module):
@@ -73,8 +74,35 @@ class MambaLM(nn.Module):
             cache.seqlen_offset += input_ids.shape[1]
         return out
 
+    def folds_norms(self, input_ids: torch.Tensor, cache: InferenceCache | None) -> bool:
+        """Whether this call is a decode step that runs with the block norms folded into the GEMVs
+        (float mixers with their decode scratch; ``mixers.fold_norms``)."""
+        if cache is None or input_ids.shape[1] != 1 or not fold_norms():
+            return False
+        bb = self.backbone
+        return (type(self.lm_head) is Linear and type(bb.norm_f) is RMSNorm
+                and all(type(b.norm) is RMSNorm and type(b.mixer) in (Mamba1Mixer, Mamba2Mixer) for b in bb.layers)
+                and all(s.work for s in cache.layers))
+
+    def decode_folded(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """Logits ``[B, 1, vocab]`` (model dtype) of one decode step with each block's pre-norm folded
+        into the GEMVs around it: only the first block's norm runs as its own kernel; every ``out_proj``
+        adds into the residual and starts the next norm (``ops.linear_add_norm``), which the next
+        ``in_proj`` (or the LM head) finishes on load. Equal to ``forward`` up to fp rounding."""
+        bb = self.backbone
+        h, residual = bb.layers[0].norm(bb.embeddings(input_ids)[:, 0], None)
+        rms = None
+        nxt = [blk.norm for blk in bb.layers[1:]] + [bb.norm_f]
+        for blk, norm, state in zip(bb.layers, nxt, cache.layers):
+            h, rms = blk.mixer.decode_folded(h, rms, state, (residual, norm.weight, norm.eps))
+        cache.seqlen_offset += 1
+        ss, eps = rms
+        return ops.rms_linear(h, ss, h.shape[-1], eps, self.lm_head.weight, self.lm_head.bias).unsqueeze(1)
+
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
+        if self.folds_norms(input_ids, cache):
+            return self.decode_folded(input_ids, cache).float()
         h = self.hidden_states(input_ids, cache)
         if last_only:
             h = h[:, -1:]

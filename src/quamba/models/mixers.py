@@ -40,10 +40,24 @@ def fused_decode() -> bool:
     return os.environ.get("QUAMBA_FUSED_DECODE", "1") != "0"
 
 
+def fold_norms() -> bool:
+    """Whether fused decode steps fold the block norms into the GEMVs (``QUAMBA_FOLD_NORMS=0``: one norm
+    kernel per block)."""
+    return fused_decode() and os.environ.get("QUAMBA_FOLD_NORMS", "1") != "0"
+
+
 def decode_work(cfg: MambaConfig, batch: int, device, acc_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Zeroed x_proj accumulator ``[B, R + 2N]`` and int32 counter ``[B]`` of the fused Mamba1 decode step."""
     return (torch.zeros(batch, cfg.dt_rank + 2 * cfg.d_state, device=device, dtype=acc_dtype),
             torch.zeros(batch, device=device, dtype=torch.int32))
+
+
+def folded_out(out_proj: nn.Linear, y: torch.Tensor, fold: tuple, ss: torch.Tensor,
+               rms: tuple | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, float]]:
+    """``out_proj`` of a decode step whose block norms are folded into the GEMVs (``MambaLM`` decode):
+    ``fold = (residual, next norm weight, next eps)``; returns ``(residual * norm_w, (ss, eps))``."""
+    residual, norm_w, eps = fold
+    return ops.linear_add_norm(y, out_proj.weight, out_proj.bias, residual, norm_w, ss, rms), (ss, eps)
 
 
 class Mamba1Mixer(nn.Module):
@@ -63,7 +77,27 @@ class Mamba1Mixer(nn.Module):
         c = self.cfg
         return LayerState(conv=torch.zeros(batch, c.d_inner, c.d_conv, device=device, dtype=dtype),
                           ssm=torch.zeros(batch, c.d_inner, c.d_state, device=device, dtype=torch.float32),
-                          work=decode_work(c, batch, device, torch.float32))
+                          work=(*decode_work(c, batch, device, torch.float32),
+                                torch.zeros(batch, 1, device=device, dtype=torch.float32)))
+
+    def _ssm_step(self, xz: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """conv + x_proj, then dt_proj + state update, of one token (``xz [B, 2 * d_inner]``): two fused ops."""
+        acc, done = state.work[:2]
+        x, z = xz.chunk(2, dim=-1)
+        u, dbc = ops.conv_xproj_step(x, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, self.x_proj.weight,
+                                     acc)
+        return ops.dtproj_state_step(state.ssm, u, dbc, self.dt_proj.weight, self.dt_proj.bias, _negative_exp(self),
+                                     self.D, z, done)
+
+    def decode_folded(self, h: torch.Tensor, rms: tuple | None, state: LayerState, fold: tuple):
+        """One token ``h [B, d_model]`` with the block norms folded into the GEMVs: ``h`` is the normed
+        input (``rms`` None) or ``residual * norm_w`` with ``rms = (ss, eps)`` to finish on load; see
+        ``folded_out`` for ``fold`` and the result. Four launches: in_proj, conv + x_proj, dt_proj + state
+        update, out_proj + residual."""
+        ss = state.work[2]
+        ss_in, eps = rms or (None, 0.0)
+        xz = ops.rms_linear(h, ss_in, h.shape[-1], eps, self.in_proj.weight, self.in_proj.bias, zero=ss)
+        return folded_out(self.out_proj, self._ssm_step(xz, state), fold, ss)
 
     def _ssm_params(self, x: torch.Tensor):
         c = self.cfg
@@ -71,14 +105,10 @@ class Mamba1Mixer(nn.Module):
         return ops.linear(dt, self.dt_proj.weight), B, C, _negative_exp(self)
 
     def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
+        if state is not None and h.shape[1] == 1:
+            return self.out_proj(self._ssm_step(self.in_proj(h[:, 0]), state)).unsqueeze(1)
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight[:, 0]
-        if state is not None and h.shape[1] == 1:
-            acc, done = state.work
-            u, dbc = ops.conv_xproj_step(x[:, 0], state.conv, w, self.conv1d.bias, self.x_proj.weight, acc)
-            y = ops.dtproj_state_step(state.ssm, u, dbc, self.dt_proj.weight, self.dt_proj.bias, _negative_exp(self),
-                                      self.D, z[:, 0], done)
-            return self.out_proj(y).unsqueeze(1)
         conv_in = x
         x = ops.causal_conv1d(x, w, self.conv1d.bias, silu=True,
                               initial_state=state.conv if state is not None else None)
@@ -110,7 +140,7 @@ class Mamba2Mixer(nn.Module):
         return LayerState(conv=torch.zeros(batch, c.conv_dim, c.d_conv, device=device, dtype=dtype),
                           ssm=torch.zeros(batch, c.nheads, c.headdim, c.d_state, device=device,
                                           dtype=torch.float32),
-                          work=(torch.zeros(batch, c.ngroups, device=device, dtype=torch.float32),))
+                          work=(torch.zeros(batch, c.ngroups + 1, device=device, dtype=torch.float32),))
 
     def split_in_proj(self, zxbcdt: torch.Tensor):
         """``in_proj`` output -> (z, xBC, dt), the mamba_ssm segment order [z, x, B, C, dt]."""
@@ -121,20 +151,37 @@ class Mamba2Mixer(nn.Module):
         c = self.cfg
         return xbc.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
 
-    def _decode_fused(self, h: torch.Tensor, state: LayerState) -> torch.Tensor:
-        """One token in three fused launches (``ops.in_proj_conv_step``, ``ssd_gate_step``, ``rms_linear``)."""
+    def _step_fused(self, h: torch.Tensor, state: LayerState, rms: tuple | None) -> torch.Tensor:
+        """in_proj + conv and SSD + gate of one token; returns the gated output ``g * norm_w``."""
         c = self.cfg
         b = h.shape[0]
-        ss = state.work[0]
-        zxbcdt = ops.in_proj_conv_step(h[:, 0], self.in_proj.weight, self.in_proj.bias, state.conv,
-                                       self.conv1d.weight[:, 0], self.conv1d.bias, c.d_inner, zero=ss)
+        work = state.work[0]
+        zxbcdt = ops.in_proj_conv_step(h, self.in_proj.weight, self.in_proj.bias, state.conv,
+                                       self.conv1d.weight[:, 0], self.conv1d.bias, c.d_inner, zero=work, rms=rms)
         z, xbc, dt = self.split_in_proj(zxbcdt)
         x, B, C = self.split_xbc(xbc)
-        gw = ops.ssd_gate_step(state.ssm, x.reshape(b, c.nheads, c.headdim), dt, _negative_exp(self),
-                               B.reshape(b, c.ngroups, c.d_state), C.reshape(b, c.ngroups, c.d_state), self.D,
-                               self.dt_bias, c.dt_limit, z, self.norm.weight, self.norm.group_size, ss)
+        return ops.ssd_gate_step(state.ssm, x.reshape(b, c.nheads, c.headdim), dt, _negative_exp(self),
+                                 B.reshape(b, c.ngroups, c.d_state), C.reshape(b, c.ngroups, c.d_state), self.D,
+                                 self.dt_bias, c.dt_limit, z, self.norm.weight, self.norm.group_size,
+                                 work[:, :c.ngroups])
+
+    def _decode_fused(self, h: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One token in three fused launches (``ops.in_proj_conv_step``, ``ssd_gate_step``, ``rms_linear``).
+
+        ``state.work[0] [B, G + 1]``: the gated norm's per-group sums (and, in a folded step, the next
+        block norm's sum in the last column); ``in_proj_conv_step`` zeroes it."""
+        gw = self._step_fused(h[:, 0], state, None)
+        ss = state.work[0][:, :self.cfg.ngroups]
         return ops.rms_linear(gw, ss, self.norm.group_size, self.norm.eps, self.out_proj.weight,
                               self.out_proj.bias).unsqueeze(1)
+
+    def decode_folded(self, h: torch.Tensor, rms: tuple | None, state: LayerState, fold: tuple):
+        """``Mamba1Mixer.decode_folded`` for Mamba2: three launches, out_proj finishing the gated norm
+        and starting the next block norm."""
+        k = h.shape[-1]
+        gw = self._step_fused(h, state, (rms[0], k, rms[1]) if rms is not None else None)
+        work, g = state.work[0], self.cfg.ngroups
+        return folded_out(self.out_proj, gw, fold, work[:, g:], (work[:, :g], self.norm.group_size, self.norm.eps))
 
     def forward(self, h: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
         c = self.cfg

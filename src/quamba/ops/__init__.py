@@ -41,3 +41,6 @@ qdtproj_state_step = dispatched("qdtproj_state_step", fused_reference.qdtproj_st
 in_proj_conv_step = dispatched("in_proj_conv_step", fused_reference.in_proj_conv_step)
 ssd_gate_step = dispatched("ssd_gate_step", fused_reference.ssd_gate_step)
 rms_linear = dispatched("rms_linear", fused_reference.rms_linear)
+
+# block pre-norm folded into the GEMVs around it (decode, either architecture)
+linear_add_norm = dispatched("linear_add_norm", fused_reference.linear_add_norm)

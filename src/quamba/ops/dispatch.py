@@ -49,6 +49,7 @@ TRITON_KERNELS: dict[str, str] = {
     "in_proj_conv_step": "quamba.kernels.mamba2_step:in_proj_conv_step",
     "ssd_gate_step": "quamba.kernels.mamba2_step:ssd_gate_step",
     "rms_linear": "quamba.kernels.mamba2_step:rms_linear",
+    "linear_add_norm": "quamba.kernels.gemv:linear_add_norm",
 }
 
 _backend = os.environ.get("QUAMBA_BACKEND", "auto")

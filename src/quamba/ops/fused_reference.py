@@ -19,6 +19,11 @@ A Mamba2 decode step runs in three launches (see ``quamba.kernels.mamba2_step``)
 - ``rms_linear``: ``out_proj`` of ``g * norm_w * rsqrt(ss / group + eps)``, the norm finished on the fly.
   ``ss`` is zeroed by ``in_proj_conv_step`` (its ``zero`` argument) before the next step accumulates.
 
+Across blocks (either architecture) the pre-norm can fold into the two GEMVs around it:
+``linear_add_norm`` is ``out_proj`` that adds its output into the residual and returns
+``residual * norm_w`` with the sum of squares of the residual in ``ss``; the next block's first GEMV
+(``rms_linear`` / ``in_proj_conv_step`` with ``rms = (ss, K, eps)``) finishes the norm on load.
+
 At decode the Mamba1 accumulator can be recycled: ``acc`` (zeros) is added into instead of a fresh
 tensor, and the second half, given the int32 counter ``done`` (zeros), leaves it zeroed again for
 the next step, so a CUDA graph of the step holds no memset.
@@ -104,10 +109,12 @@ def qdtproj_state_step(state: Tensor, state_scale: Scale, u_q: Tensor, u_scale: 
 
 
 def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state: Tensor, conv_w: Tensor,
-                      conv_b: Tensor | None, start: int, zero: Tensor | None = None) -> Tensor:
+                      conv_b: Tensor | None, start: int, zero: Tensor | None = None,
+                      rms: tuple[Tensor, int, float] | None = None) -> Tensor:
     """``y = h [B, K] @ weight^T (+ bias)``, then ``causal_conv1d_update`` + SiLU on the columns
-    ``[start, start + C)`` (``conv_state [B, C, K]`` updated in place). ``zero`` (a scratch tensor) is zeroed."""
-    y = R.linear(h, weight, bias)
+    ``[start, start + C)`` (``conv_state [B, C, K]`` updated in place). ``zero`` (a scratch tensor) is zeroed.
+    With ``rms = (ss, group, eps)`` the input is first normalized as in ``rms_linear`` (fp32 math)."""
+    y = rms_linear(h, rms[0], rms[1], rms[2], weight, bias) if rms is not None else R.linear(h, weight, bias)
     end = start + conv_state.shape[1]
     y[:, start:end] = R.causal_conv1d_update(y[:, start:end], conv_state, conv_w, conv_b, silu=True)
     if zero is not None:
@@ -127,9 +134,30 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
     return (g * norm_w.float()).to(y.dtype)
 
 
-def rms_linear(gw: Tensor, ss: Tensor, group: int, eps: float, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Tensor, bias: Tensor | None = None,
+               zero: Tensor | None = None) -> Tensor:
     """``out_proj`` of ``gw [B, K]`` with each group of ``group`` columns scaled by ``rsqrt(ss / group + eps)``
-    (the gated RMSNorm finished from ``ssd_gate_step``'s sums); fp32 math, result in gw.dtype."""
+    (the gated RMSNorm finished from ``ssd_gate_step``'s sums, or a block's RMSNorm from
+    ``linear_add_norm``'s with ``group = K``); fp32 math, result in gw.dtype. ``ss`` None: no scaling.
+    ``zero`` (a scratch tensor) is zeroed."""
     b, k = gw.shape
-    x = (gw.float().reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
-    return F.linear(x, weight.float(), bias.float() if bias is not None else None).to(gw.dtype)
+    x = gw.float()
+    if ss is not None:
+        x = (x.reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
+    y = F.linear(x, weight.float(), bias.float() if bias is not None else None).to(gw.dtype)
+    if zero is not None:
+        zero.zero_()
+    return y
+
+
+def linear_add_norm(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor, norm_w: Tensor, ss: Tensor,
+                    rms: tuple[Tensor, int, float] | None = None) -> Tensor:
+    """A block's ``out_proj`` with the residual add and the first half of the next block's RMSNorm:
+    ``h = rms_linear(x, *rms, weight, bias)`` (plain linear without ``rms``), ``residual += h`` in place
+    (in its dtype), ``r = residual`` in x.dtype, ``ss [B, 1] += sum(r^2)``; returns ``r * norm_w`` in
+    x.dtype. The next block's ``rms_linear(.., ss, K, eps, ..)`` finishes the norm on load."""
+    h = rms_linear(x, *(rms or (None, 1, 0.0)), weight, bias)
+    residual.copy_(residual + h.to(residual.dtype))
+    r = residual.to(x.dtype).float()
+    ss.add_(r.pow(2).sum(-1, keepdim=True))
+    return (r * norm_w.float()).to(x.dtype)
