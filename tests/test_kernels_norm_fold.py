@@ -90,8 +90,10 @@ def test_rms_linear_whole_row_and_zero(seed, m, k, n, dtype, normed):
     zero = torch.full((m, 3), 7.0, device=DEV)
     with poisoned_outputs():
         y = K.rms_linear(x, ss, k, 1e-5, w, b, zero=zero)
-    assert rel_err(y, FR.rms_linear(x, ss, k, 1e-5, w, b)) < TOL[dtype]
+    assert y.dtype == dtype and rel_err(y, FR.rms_linear(x, ss, k, 1e-5, w, b)) < TOL[dtype]
     assert (zero == 0).all()
+    y32 = K.rms_linear(x, ss, k, 1e-5, w, b, out_dtype=torch.float32)
+    assert y32.dtype == torch.float32 and rel_err(y32, FR.rms_linear(x, ss, k, 1e-5, w, b, out_dtype=torch.float32)) < 1e-5
 
 
 @pytest.mark.parametrize("m,k,d_inner,conv_dim,heads", [(1, 40, 24, 40, 3), (3, 72, 48, 80, 6)])

@@ -104,7 +104,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, res_ptr, nw_ptr, ss2_ptr, z
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if ADD_NORM:
-        y = _add_norm(y, rm, rn, m_ok, n_ok, res_ptr, s_rm, nw_ptr, ss2_ptr, s_ss2m, y_ptr.dtype.element_ty)
+        y = _add_norm(y, rm, rn, m_ok, n_ok, res_ptr, s_rm, nw_ptr, ss2_ptr, s_ss2m, x_ptr.dtype.element_ty)
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
     if BLOCK_Z > 0:
@@ -149,9 +149,9 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
          block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
          rms: tuple[torch.Tensor, int, float] | None = None,
          add_norm: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-         zero: torch.Tensor | None = None) -> torch.Tensor:
+         zero: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x2 [M, K] @ weight[N, K]^T`` for M <= 8 through the Triton kernel (``block_n``, ``block_k``,
-    ``num_warps`` override ``decode_tiles``' plan).
+    ``num_warps`` override ``decode_tiles``' plan), in ``out_dtype`` (default x2's).
 
     - ``rms = (ss [M, K / group] fp32, group, eps)`` first scales each column by ``rsqrt(ss / group + eps)``
       of its group (once per K tile when a power-of-two tile of >= 64 columns divides the group, else
@@ -166,7 +166,7 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
+    y = torch.empty(m, n, device=x2.device, dtype=out_dtype or x2.dtype)
     bm, bn, bk, warps = decode_tiles(m, n, k)
     bn, bk, warps = block_n or bn, block_k or bk, num_warps or warps
     (ss, group, eps, mode), bk = rms_plan(rms, bk, weight)

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from ..ops import fused_reference as FR
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
 from .int8_gemm import interpreting, num_sms
 from .pdl import pdl_args, pdl_sync
@@ -169,11 +170,14 @@ def _row_tile(x_ptr, out_ptr, os_ptr, h, hr_t, mult, inv_sqrt_n, xoff, ooff, sof
 
 
 @triton.jit
-def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_mult, inv_sqrt_n,
-                           M, stride_xm, stride_om,
+def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, ss_ptr, os_mult, inv_sqrt_n, eps,
+                           M, stride_xm, stride_om, s_ssm,
                            R: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, PR: tl.constexpr,
                            TM: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, COL_SPLIT: tl.constexpr,
-                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr, USE_PDL: tl.constexpr):
+                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr,
+                           GROUP: tl.constexpr, USE_PDL: tl.constexpr):
+    """``GROUP > 0`` (column blocks only): the input is first RMS-normalized per group of ``GROUP``
+    columns (a multiple of ``C``) from the sums of squares ``ss [M, n / GROUP]``."""
     pdl_sync(USE_PDL)
     HAS_R: tl.constexpr = R > 1
     q = tl.arange(0, TM)
@@ -199,6 +203,9 @@ def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, os_mult, inv_
             k = k0 + tl.arange(0, BK)
             h = tl.load(hc_ptr + k[None, :] * CP + j[:, None])
             acc = _hdot(h, _load_t(x_ptr, xoff, ok_t, k0, BK, C), acc, IN_KIND, INTERP)
+        if GROUP > 0:  # H_C acts within tile columns (sub-rows): scaling them now scales the input
+            ss = tl.load(ss_ptr + row * s_ssm + (b * C) // GROUP, mask=ok_t, other=0.0)
+            acc = acc * tl.rsqrt(ss / GROUP + eps)[None, :]
         _finish(acc, hr_t, col0, ooff, b * C, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE,
                 INTERP)
     else:
@@ -262,14 +269,17 @@ def _col_block(cp: int, row_tiles: int) -> int:
 
 def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
            bc: int | None = None, warps: int | None = None, tm: int | None = None, stages: int | None = None,
-           programs: int | None = None) -> None:
+           programs: int | None = None, rms: tuple[Tensor, int, float] | None = None) -> None:
     """Run the kernel on ``x2 [M, n]`` (unit column stride) into int8 ``out [M, n]``.
 
     The keyword arguments override the launch shape (tests and the benchmark sweep): ``tm`` tile width
     (rows of length ``C`` per tile, packing ``tm // R`` rows), ``bk``/``bc`` column chunk/block,
-    ``programs`` caps the row-tile grid (the programs then loop over tiles)."""
+    ``programs`` caps the row-tile grid (the programs then loop over tiles). ``rms = (ss, group, eps)``
+    (column blocks only; ``group`` a multiple of ``C``) normalizes the input first, as in ``rms_linear``."""
     m, n = x2.shape
     r, c, rp, cp = tile_plan(n)
+    if rms is not None:
+        col_split = True
     if col_split is None:
         col_split = cdiv(m, max(rp, _TILE) // r) < num_sms(x2.device)
     if col_split:
@@ -297,10 +307,12 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
     os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x2.device, out)
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
+    ss, group, eps = rms if rms is not None else (out, 0, 0.0)
     launch(_hadamard_quant_kernel, grid,
-           x2, out, hc, hr, os_ptr, mult, inv_sqrt_n, m, x2.stride(0), out.stride(0),
+           x2, out, hc, hr, os_ptr, ss, mult, inv_sqrt_n, float(eps), m, x2.stride(0), out.stride(0),
+           ss.stride(0) if rms is not None else 0,
            R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-           INTERP=interpreting(), num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
+           INTERP=interpreting(), GROUP=group, num_warps=warps, num_stages=stages or 1, **pdl_args(x2))
 
 
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
@@ -318,4 +330,21 @@ def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     if x2.shape[0] == 0:
         return out
     launch_hadamard(x2, out.view(-1, n), out_scale)
+    return out
+
+
+def rms_hadamard_quant(gw: Tensor, ss: Tensor, group: int, eps: float, out_scale: Scale) -> Tensor:
+    """The gated RMSNorm finished on load, then ``hadamard_quant``: see ``fused_reference.rms_hadamard_quant``."""
+    if gw.dim() != 2 or not gw.is_floating_point():
+        raise InvalidArgumentError(f"gw must be a float [B, n] tensor, got {gw.dtype} {tuple(gw.shape)}")
+    m, n = gw.shape
+    r, c, _, _ = tile_plan(n)
+    if not (group > 0 and n % group == 0 and tuple(ss.shape) == (m, n // group) and ss.stride(-1) == 1):
+        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {n} columns")
+    if group % c or gw.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return FR.rms_hadamard_quant(gw, ss, group, eps, out_scale)
+    x2 = gw if gw.stride(-1) == 1 else gw.contiguous()
+    out = torch.empty((m, n), dtype=torch.int8, device=gw.device)
+    if m:
+        launch_hadamard(x2, out, out_scale, rms=(ss, group, eps))
     return out

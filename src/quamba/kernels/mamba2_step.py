@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
-from ._small_common import channel_vector, old_taps, pow2, push_tap, silu, store_window
+from ._small_common import channel_vector, old_taps, per_tensor_scale_arg, pow2, push_tap, silu, store_window
 from ..ops import fused_reference as FR
 from .gemv import MAX_M, _row_dots, decode_tiles, gemv, rms_plan, zero_scratch
 from .launch import cdiv, launch
@@ -121,6 +121,16 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
                   dt_bias: Tensor | None, dt_limit: tuple[float, float], z: Tensor, norm_w: Tensor, group: int,
                   ss: Tensor) -> Tensor:
     """SSD state update + the first half of the gated RMSNorm; see ``fused_reference.ssd_gate_step``."""
+    bsz, d = _check_gate(x, z, group, ss)
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    nw = channel_vector(norm_w, d, "norm weight")
+    lim = dt_limit if dt_limit is not None else _NO_LIMIT
+    return _ssd(state, x, dt, A, B, C, D, dt_bias, True, lim, x.dtype, _FP_SCALES[:5],
+                gate=(z, nw, ss, group, _FP_SCALES[0])).reshape(bsz, d)
+
+
+def _check_gate(x: Tensor, z: Tensor, group: int, ss: Tensor) -> tuple[int, int]:
     if x.dim() != 3:
         raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
     bsz, heads, p = x.shape
@@ -131,16 +141,30 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
         raise InvalidArgumentError(f"norm group {group} must divide {d} channels and hold whole heads of {p}")
     if tuple(ss.shape) != (bsz, d // group) or ss.dtype != torch.float32:
         raise InvalidArgumentError(f"ss must be fp32 {(bsz, d // group)}, got {ss.dtype} {tuple(ss.shape)}")
-    if z.stride(-1) != 1:
-        z = z.contiguous()
+    return bsz, d
+
+
+def qssd_gate_step(state: Tensor, state_scale: float, x_q: Tensor, x_scale: float, dt_q: Tensor, dt_scale: float,
+                   A: Tensor, B_q: Tensor, B_scale: float, C_q: Tensor, C_scale: float, D: Tensor | None,
+                   dt_bias: Tensor | None, dt_limit: tuple[float, float], z_q: Tensor, z_scale: float,
+                   norm_w: Tensor, group: int, ss: Tensor, out_dtype: torch.dtype = torch.float16) -> Tensor:
+    """Int8 SSD state update + the first half of the gated RMSNorm; see ``fused_reference.qssd_gate_step``."""
+    if state.dtype != torch.int8 or x_q.dtype != torch.int8 or z_q.dtype != torch.int8:
+        raise InvalidArgumentError("qssd_gate_step takes an int8 state, x and z")
+    bsz, d = _check_gate(x_q, z_q, group, ss)
+    if z_q.stride(-1) != 1:
+        z_q = z_q.contiguous()
     nw = channel_vector(norm_w, d, "norm weight")
+    scales = (per_tensor_scale_arg(state_scale, "state_scale"), per_tensor_scale_arg(x_scale, "x_scale"),
+              per_tensor_scale_arg(dt_scale, "dt_scale"), per_tensor_scale_arg(B_scale, "B_scale"),
+              per_tensor_scale_arg(C_scale, "C_scale"))
     lim = dt_limit if dt_limit is not None else _NO_LIMIT
-    return _ssd(state, x, dt, A, B, C, D, dt_bias, True, lim, x.dtype, _FP_SCALES[:5],
-                gate=(z, nw, ss, group)).reshape(bsz, d)
+    return _ssd(state, x_q, dt_q, A, B_q, C_q, D, dt_bias, True, lim, out_dtype, scales,
+                gate=(z_q, nw, ss, group, per_tensor_scale_arg(z_scale, "z_scale"))).reshape(bsz, d)
 
 
 def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Tensor, bias: Tensor | None = None,
-               zero: Tensor | None = None) -> Tensor:
+               zero: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """A decode GEMV with an RMSNorm finished on load; see ``fused_reference.rms_linear``."""
     if gw.dim() != 2:
         raise InvalidArgumentError(f"gw must be [B, K], got {tuple(gw.shape)}")
@@ -151,5 +175,5 @@ def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Te
     if zero is not None and not zero.is_contiguous():
         raise InvalidArgumentError("zero must be contiguous")
     if m == 0 or m > MAX_M or gw.dtype != weight.dtype:
-        return FR.rms_linear(gw, ss, group, eps, weight, bias, zero)
-    return gemv(gw, weight, bias, rms=rms, zero=zero)
+        return FR.rms_linear(gw, ss, group, eps, weight, bias, zero, out_dtype)
+    return gemv(gw, weight, bias, rms=rms, zero=zero, out_dtype=out_dtype)

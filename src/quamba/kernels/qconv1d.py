@@ -14,6 +14,7 @@ from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
                             store_window)
 from .conv1d import _check_common, update_block
+from .gemv import zero_scratch
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
 
@@ -66,11 +67,12 @@ def _qconv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
 
 
 @triton.jit
-def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
+def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, zero_ptr, D, NZERO,
                          xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
                          sxb, sxd, ssb, ssd, ssk, swd, swk, syb,
                          XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
-                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+                         K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_Z: tl.constexpr, USE_PDL: tl.constexpr):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -88,6 +90,9 @@ def _qconv_update_kernel(x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, D,
     q = _dequant_silu_quant(acc, b_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val,
                             os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS)
     tl.store(y_ptr + b * syb + offs_d, q, mask=md)
+    if BLOCK_Z > 0:
+        if b == 0:
+            zero_scratch(zero_ptr, NZERO, BLOCK_Z)
 
 
 def _scales(d: int, x_scale: Scale, w_scale: Scale, b_q: Tensor | None, b_scale: Scale | None,
@@ -138,8 +143,10 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
 
 
 def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
-                          b_q: Tensor | None, b_scale: Scale | None, out_scale: Scale) -> Tensor:
-    """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output."""
+                          b_q: Tensor | None, b_scale: Scale | None, out_scale: Scale,
+                          zero: Tensor | None = None) -> Tensor:
+    """Decode step: ``x_q [B, D]`` shifted into the int8 ``conv_state [B, D, K]`` in place; int8 output.
+    ``zero``: a contiguous scratch tensor that the first program zeroes."""
     if x_q.dim() != 2:
         raise InvalidArgumentError(f"qcausal_conv1d_update expects x [B, D], got {tuple(x_q.shape)}")
     bsz, d = x_q.shape
@@ -150,15 +157,20 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
                                    f"{tuple(x_q.shape)}")
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
+    if zero is not None and not zero.is_contiguous():
+        raise InvalidArgumentError("zero must be contiguous")
     y = torch.empty((bsz, d), device=x_q.device, dtype=torch.int8)
     if y.numel() == 0:
+        if zero is not None:
+            zero.zero_()
         return y
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     block_d, warps = update_block(d, bsz)
+    nz = zero.numel() if zero is not None else 0
     launch(_qconv_update_kernel, (cdiv(d, block_d), bsz),
-           x_q, conv_state, w_q, b_c, y, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+           x_q, conv_state, w_q, b_c, y, zero, d, nz, xs, xsv, ws, wsv, bs, bsv, os_, osv,
            x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
            w_q.stride(0), w_q.stride(1), y.stride(0),
            XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-           BLOCK_D=block_d, num_warps=warps, **pdl_args(x_q))
+           BLOCK_D=block_d, BLOCK_Z=pow2(nz) if nz else 0, num_warps=warps, **pdl_args(x_q))
     return y

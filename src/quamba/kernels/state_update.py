@@ -76,17 +76,18 @@ def _selective_update_kernel(
 @triton.jit
 def _ssd_update_kernel(
         st_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, y_ptr, z_ptr, nw_ptr, ss_ptr,
-        sst_ptr, sst_val, xs_ptr, xs_val, dts_ptr, dts_val, Bs_ptr, Bs_val, Cs_ptr, Cs_val,
+        sst_ptr, sst_val, xs_ptr, xs_val, dts_ptr, dts_val, Bs_ptr, Bs_val, Cs_ptr, Cs_val, zs_ptr, zs_val,
         P, N, HPG, NORM_GROUP, dt_lo, dt_hi,
         s_sb, s_sh, s_sp, s_sn, s_xb, s_xh, s_xp, s_dtb, s_dth, s_bb, s_bg, s_bn, s_cb, s_cg, s_cn,
         s_yb, s_yh, s_zb, s_ssb,
         QUANT: tl.constexpr, SST_M: tl.constexpr, XS_M: tl.constexpr, DTS_M: tl.constexpr,
-        BS_M: tl.constexpr, CS_M: tl.constexpr,
+        BS_M: tl.constexpr, CS_M: tl.constexpr, ZS_M: tl.constexpr,
         HAS_D: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
         GATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
-    """One head's rows ``BLOCK_P`` of the Mamba2 state. ``GATE`` (fp only) starts the gated RMSNorm:
-    the output is ``g * norm_w`` with ``g = y * silu(z)`` (y rounded to the output dtype first, as the
-    unfused norm reads it), and ``sum(g^2)`` is added into ``ss[b, norm group]`` (fp32 atomics)."""
+    """One head's rows ``BLOCK_P`` of the Mamba2 state. ``GATE`` starts the gated RMSNorm: the output is
+    ``g * norm_w`` with ``g = y * silu(z)`` (y rounded to the output dtype first, as the unfused norm
+    reads it; an int8 ``z`` dequantized with its scale), and ``sum(g^2)`` is added into
+    ``ss[b, norm group]`` (fp32 atomics)."""
     pid_p = tl.program_id(0)
     hd = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -129,8 +130,8 @@ def _ssd_update_kernel(
         y += x * Dv
     if GATE:
         ch = hd * P + offs_p
-        g = y.to(y_ptr.dtype.element_ty).to(tl.float32) * silu(tl.load(z_ptr + b * s_zb + ch, mask=mp, other=0.0)
-                                                                .to(tl.float32))
+        g = y.to(y_ptr.dtype.element_ty).to(tl.float32) * silu(_deq(z_ptr, b * s_zb + ch, mp, zs_ptr, zs_val,
+                                                                     QUANT, ZS_M))
         tl.atomic_add(ss_ptr + b * s_ssb + (hd * P) // NORM_GROUP, tl.sum(g * g, axis=0), sem="relaxed")
         y = g * nw
     tl.store(y_ptr + b * s_yb + hd * s_yh + offs_p, y.to(y_ptr.dtype.element_ty), mask=mp)
@@ -216,7 +217,7 @@ def _ssd_blocks(p: int, n: int, heads: int, bsz: int) -> tuple[int, int, int]:
 
 def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, scales, gate=None) -> Tensor:
     """Checks and launch of ``_ssd_update_kernel``; ``gate = (z [B, H*P], norm_w [H*P], ss [B, H*P / group],
-    group)`` selects its ``GATE`` mode."""
+    group, z scale argument)`` selects its ``GATE`` mode."""
     if x.dim() != 3:
         raise InvalidArgumentError(f"x must be [B, H, P], got {tuple(x.shape)}")
     bsz, heads, p = x.shape
@@ -238,14 +239,14 @@ def _ssd(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, out_dtype, sc
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     (sst, sstv, sstm), (xs, xsv, xsm), (dts, dtsv, dtsm), (Bs, Bsv, Bsm), (Cs, Csv, Csm) = scales
     block_p, block_n, warps = _ssd_blocks(p, n, heads, bsz)
-    z, nw, ss, group = gate if gate is not None else (None, None, None, 1)
+    z, nw, ss, group, (zs, zsv, zsm) = gate if gate is not None else (None, None, None, 1, _FP_SCALES[0])
     launch(_ssd_update_kernel, (cdiv(p, block_p), heads, bsz),
            state, x, dt, A_, B, C, D_, dtb, y, z, nw, ss,
-           sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv,
+           sst, sstv, xs, xsv, dts, dtsv, Bs, Bsv, Cs, Csv, zs, zsv,
            p, n, heads // g, group, lo, min(hi, 3.0e38),
            *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), y.stride(0), y.stride(1),
            z.stride(0) if z is not None else 0, ss.stride(0) if ss is not None else 0,
-           QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm,
+           QUANT=state.dtype == torch.int8, SST_M=sstm, XS_M=xsm, DTS_M=dtsm, BS_M=Bsm, CS_M=Csm, ZS_M=zsm,
            HAS_D=D is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
            HAS_LIMIT=(lo, hi) != _NO_LIMIT, GATE=gate is not None, BLOCK_P=block_p, BLOCK_N=block_n,
            num_warps=warps, **pdl_args(x))

@@ -85,10 +85,11 @@ class MambaLM(nn.Module):
                 and all(s.work for s in cache.layers))
 
     def decode_folded(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-        """Logits ``[B, 1, vocab]`` (model dtype) of one decode step with each block's pre-norm folded
-        into the GEMVs around it: only the first block's norm runs as its own kernel; every ``out_proj``
-        adds into the residual and starts the next norm (``ops.linear_add_norm``), which the next
-        ``in_proj`` (or the LM head) finishes on load. Equal to ``forward`` up to fp rounding."""
+        """Logits ``[B, 1, vocab]`` of one decode step with each block's pre-norm folded into the GEMVs
+        around it: only the first block's norm runs as its own kernel; every ``out_proj`` adds into the
+        residual and starts the next norm (``ops.linear_add_norm``), which the next ``in_proj`` (or the
+        LM head) finishes on load. Equal to ``forward`` up to fp rounding; the logits come fp32 straight
+        from the LM head's accumulator (no separate cast)."""
         bb = self.backbone
         h, residual = bb.layers[0].norm(bb.embeddings(input_ids)[:, 0], None)
         rms = None
@@ -97,12 +98,13 @@ class MambaLM(nn.Module):
             h, rms = blk.mixer.decode_folded(h, rms, state, (residual, norm.weight, norm.eps))
         cache.seqlen_offset += 1
         ss, eps = rms
-        return ops.rms_linear(h, ss, h.shape[-1], eps, self.lm_head.weight, self.lm_head.bias).unsqueeze(1)
+        return ops.rms_linear(h, ss, h.shape[-1], eps, self.lm_head.weight, self.lm_head.bias,
+                              out_dtype=torch.float32).unsqueeze(1)
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         if self.folds_norms(input_ids, cache):
-            return self.decode_folded(input_ids, cache).float()
+            return self.decode_folded(input_ids, cache)
         h = self.hidden_states(input_ids, cache)
         if last_only:
             h = h[:, -1:]

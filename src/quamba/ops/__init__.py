@@ -37,10 +37,12 @@ dtproj_state_step = dispatched("dtproj_state_step", fused_reference.dtproj_state
 qconv_xproj_step = dispatched("qconv_xproj_step", fused_reference.qconv_xproj_step)
 qdtproj_state_step = dispatched("qdtproj_state_step", fused_reference.qdtproj_state_step)
 
-# fused Mamba2 decode step (three launches per layer)
+# fused Mamba2 decode step (three launches per layer; W8A8: the SSD update + gate and the norm + Hadamard)
 in_proj_conv_step = dispatched("in_proj_conv_step", fused_reference.in_proj_conv_step)
 ssd_gate_step = dispatched("ssd_gate_step", fused_reference.ssd_gate_step)
 rms_linear = dispatched("rms_linear", fused_reference.rms_linear)
+qssd_gate_step = dispatched("qssd_gate_step", fused_reference.qssd_gate_step)
+rms_hadamard_quant = dispatched("rms_hadamard_quant", fused_reference.rms_hadamard_quant)
 
 # block pre-norm folded into the GEMVs around it (decode, either architecture)
 linear_add_norm = dispatched("linear_add_norm", fused_reference.linear_add_norm)

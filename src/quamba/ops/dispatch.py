@@ -49,6 +49,8 @@ TRITON_KERNELS: dict[str, str] = {
     "in_proj_conv_step": "quamba.kernels.mamba2_step:in_proj_conv_step",
     "ssd_gate_step": "quamba.kernels.mamba2_step:ssd_gate_step",
     "rms_linear": "quamba.kernels.mamba2_step:rms_linear",
+    "qssd_gate_step": "quamba.kernels.mamba2_step:qssd_gate_step",
+    "rms_hadamard_quant": "quamba.kernels.hadamard:rms_hadamard_quant",
     "linear_add_norm": "quamba.kernels.gemv:linear_add_norm",
 }
 

@@ -24,6 +24,9 @@ Across blocks (either architecture) the pre-norm can fold into the two GEMVs aro
 ``residual * norm_w`` with the sum of squares of the residual in ``ss``; the next block's first GEMV
 (``rms_linear`` / ``in_proj_conv_step`` with ``rms = (ss, K, eps)``) finishes the norm on load.
 
+The W8A8 Mamba2 step has the same shape around its int8 ops: ``qssd_gate_step`` (int8 SSD update +
+gate, sums into ``ss``) and ``rms_hadamard_quant`` (norm finished on load, Hadamard, int8 for ``out_proj``).
+
 At decode the Mamba1 accumulator can be recycled: ``acc`` (zeros) is added into instead of a fresh
 tensor, and the second half, given the int32 counter ``done`` (zeros), leaves it zeroed again for
 the next step, so a CUDA graph of the step holds no memset.
@@ -135,16 +138,16 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
 
 
 def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Tensor, bias: Tensor | None = None,
-               zero: Tensor | None = None) -> Tensor:
+               zero: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """``out_proj`` of ``gw [B, K]`` with each group of ``group`` columns scaled by ``rsqrt(ss / group + eps)``
     (the gated RMSNorm finished from ``ssd_gate_step``'s sums, or a block's RMSNorm from
-    ``linear_add_norm``'s with ``group = K``); fp32 math, result in gw.dtype. ``ss`` None: no scaling.
-    ``zero`` (a scratch tensor) is zeroed."""
+    ``linear_add_norm``'s with ``group = K``); fp32 math, result in ``out_dtype`` (default gw.dtype).
+    ``ss`` None: no scaling. ``zero`` (a scratch tensor) is zeroed."""
     b, k = gw.shape
     x = gw.float()
     if ss is not None:
         x = (x.reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
-    y = F.linear(x, weight.float(), bias.float() if bias is not None else None).to(gw.dtype)
+    y = F.linear(x, weight.float(), bias.float() if bias is not None else None).to(out_dtype or gw.dtype)
     if zero is not None:
         zero.zero_()
     return y
@@ -161,3 +164,26 @@ def linear_add_norm(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Te
     r = residual.to(x.dtype).float()
     ss.add_(r.pow(2).sum(-1, keepdim=True))
     return (r * norm_w.float()).to(x.dtype)
+
+
+def qssd_gate_step(state: Tensor, state_scale: Scale, x_q: Tensor, x_scale: Scale, dt_q: Tensor, dt_scale: Scale,
+                   A: Tensor, B_q: Tensor, B_scale: Scale, C_q: Tensor, C_scale: Scale, D: Tensor | None,
+                   dt_bias: Tensor | None, dt_limit: tuple[float, float], z_q: Tensor, z_scale: Scale,
+                   norm_w: Tensor, group: int, ss: Tensor, out_dtype: torch.dtype = torch.float16) -> Tensor:
+    """W8A8 twin of ``ssd_gate_step``: ``qssd_state_update`` (int8 state in place, ``y`` in out_dtype), then
+    ``g = y * silu(z_q * z_scale)``; returns ``g * norm_w`` ``[B, H*P]`` in out_dtype and adds each group's
+    ``sum(g^2)`` into ``ss``. The decode step zeroes ``ss`` in ``qcausal_conv1d_update`` (its ``zero``)."""
+    y = Q.qssd_state_update(state, state_scale, x_q, x_scale, dt_q, dt_scale, A, B_q, B_scale, C_q, C_scale, D,
+                            dt_bias, dt_limit=dt_limit, out_dtype=out_dtype)
+    b = y.shape[0]
+    g = y.reshape(b, -1).float() * F.silu(Q.dequantize(z_q, z_scale))
+    ss.add_(g.pow(2).reshape(b, -1, group).sum(-1))
+    return (g * norm_w.float()).to(out_dtype)
+
+
+def rms_hadamard_quant(gw: Tensor, ss: Tensor, group: int, eps: float, out_scale: Scale) -> Tensor:
+    """The gated RMSNorm finished from ``qssd_gate_step``'s sums (``gw`` scaled by ``rsqrt(ss / group + eps)``
+    per group, fp32), then ``hadamard_quant``: the int8 input of a W8A8 ``out_proj`` with a Hadamard input."""
+    b, k = gw.shape
+    x = (gw.float().reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
+    return Q.hadamard_quant(x, out_scale)

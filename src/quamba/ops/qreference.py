@@ -100,8 +100,11 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
 
 
 def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
-                          b_q: Tensor | None, b_scale: Scale, out_scale: Scale) -> Tensor:
-    """Decode step of ``qcausal_conv1d``: ``x_q [B, D]`` is shifted into the int8 ``conv_state`` in place."""
+                          b_q: Tensor | None, b_scale: Scale, out_scale: Scale, zero: Tensor | None = None) -> Tensor:
+    """Decode step of ``qcausal_conv1d``: ``x_q [B, D]`` is shifted into the int8 ``conv_state`` in place.
+    ``zero`` (a decode scratch tensor, see ``fused_reference.qssd_gate_step``) is zeroed."""
+    if zero is not None:
+        zero.zero_()
     conv_state.copy_(torch.cat([conv_state[..., 1:], x_q.unsqueeze(-1)], dim=-1))
     acc = (conv_state.float() * w_q.float()).sum(-1)
     y = acc * _chan(w_scale) * _chan(x_scale)
