@@ -129,17 +129,8 @@ class QMamba2Mixer(QModule):
                                             ops.dequantize(self.D, self.scale("D_scale"))), self.A_log, self.D)
 
     def _fuses_decode(self, h: Tensor, state: LayerState | None) -> bool:
-        """The fused step runs where kernels launch without PDL (eager decode, pre-Hopper GPUs, CPU):
-        on the H200, inside a PDL graph the six-kernel chain overlaps better (mamba2-2.7b W8A8 TPOT 1.789
-        vs 1.914 ms); without PDL the fused step is faster (2.000 vs 2.191 ms per graph step)."""
-        if not (state is not None and h.shape[1] == 1 and bool(state.work) and fused_decode()
-                and self.out_proj.hadamard_input and self.out_proj.act == "static"):
-            return False
-        if h.is_cuda:
-            from ..kernels.pdl import pdl_enabled
-
-            return not pdl_enabled(h.device)
-        return True
+        return (state is not None and h.shape[1] == 1 and bool(state.work) and fused_decode()
+                and self.out_proj.hadamard_input and self.out_proj.act == "static")
 
     def _decode_fused(self, h: Tensor, state: LayerState) -> Tensor:
         """One token with the SSD update + gate in one kernel (``ops.qssd_gate_step``, sums of squares into
