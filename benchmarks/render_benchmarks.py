@@ -71,25 +71,32 @@ def load(path: str) -> dict:
     return json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
 
 
+_VARIANT_COLUMNS = {"plain": "no PDL", "pdl": "PDL", "unfused": "PDL, unfused Mamba2 step",
+                    "nofold": "PDL, block norms not folded"}
+
+
 def render_variants(variants: list[dict]) -> None:
-    print("## Decode variants (PDL, fused Mamba2 step); prefill host vs GPU time\n")
+    print("## Decode variants (PDL, fused steps, folded norms); prefill host vs GPU time\n")
     print("From `benchmarks/decode_variants.py` (one process per shape: the same model and prompt, a CUDA-graph")
-    print("decoder captured without PDL (`QUAMBA_PDL=0`), with it (the default), and with it but the unfused")
-    print("Mamba2 decode chain (`QUAMBA_FUSED_DECODE=0`; Mamba1 has no such switch); the eager prefill's host")
-    print("time to issue its launches against its summed GPU kernel time). Host time above GPU time means the")
-    print("prefill waits on Python and launch overhead, not on the GPU. Greedy tokens (24, random weights) are")
-    print("compared across all variants: the unfused Mamba2 chain rounds differently, so near-tied random")
-    print("logits can flip.\n")
-    print("| shape | precision | TPOT ms, no PDL | TPOT ms, PDL | TPOT ms, PDL unfused | greedy tokens agree "
-          "| prefill host ms | prefill GPU ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("decoder captured under each variant: without PDL (`QUAMBA_PDL=0`), with it (the default), with it")
+    print("but the unfused Mamba2 decode chains (`QUAMBA_FUSED_DECODE=0`), or with it but one norm kernel per")
+    print("block (`QUAMBA_FOLD_NORMS=0`); the eager prefill's host time to issue its launches against its")
+    print("summed GPU kernel time). Host time above GPU time means the prefill waits on Python and launch")
+    print("overhead, not on the GPU. Greedy tokens (24, random weights) are compared across the variants:")
+    print("the variants round differently (and fp32 atomics sum in varying order), so near-tied random logits")
+    print("can flip.\n")
+    names = [n for n in _VARIANT_COLUMNS if any(f"tpot_ms_{n}" in d.get(p, {}) for d in variants
+                                                for p in ("fp16", "w8a8"))]
+    print("| shape | precision | " + " | ".join(f"TPOT ms, {_VARIANT_COLUMNS[n]}" for n in names)
+          + " | greedy tokens agree | prefill host ms | prefill GPU ms |")
+    print("|---|---|" + "---|" * len(names) + "---|---|---|")
     for d in variants:
         for prec in ("fp16", "w8a8"):
             r = d.get(prec)
             if r:
-                unf = f"{r['tpot_ms_unfused']:.3f}" if "tpot_ms_unfused" in r else "-"
-                print(f"| {d['shape']} | {prec} | {r['tpot_ms_plain']:.3f} | {r['tpot_ms_pdl']:.3f} | {unf} | "
-                      f"{r['tokens_agree']} | {r['prefill_host_ms']:.1f} | {r['prefill_gpu_busy_ms']:.1f} |")
+                cells = " | ".join(f"{r[f'tpot_ms_{n}']:.3f}" if f"tpot_ms_{n}" in r else "-" for n in names)
+                print(f"| {d['shape']} | {prec} | {cells} | {r['tokens_agree']} | {r['prefill_host_ms']:.1f} | "
+                      f"{r['prefill_gpu_busy_ms']:.1f} |")
     print()
 
 
