@@ -12,8 +12,8 @@ class LayerState:
 
     ``work`` is decode scratch a mixer may keep between steps, per batch row: Mamba1 the x_proj
     accumulator and its counter (recycled: zeros between steps) and the folded block norm's sum of
-    squares ``[B, 1]``; Mamba2 ``[B, G + 1]``, the gated norm's per-group
-    sums and the folded block norm's sum. The sums are zeroed by the layer's first kernel of a step
+    squares ``[B, 1]``; Mamba2 ``[B, G + 1]``, the gated norm's per-group sums and the folded block
+    norm's sum (W8A8 Mamba2: ``[B, G]``). The sums are zeroed by one of the layer's kernels of a step
     before they accumulate.
     """
 

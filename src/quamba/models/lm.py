@@ -6,9 +6,9 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import ops
 from ..config import MambaConfig
 from .cache import InferenceCache
-from .. import ops
 from .mixers import Linear, Mamba1Mixer, Mamba2Mixer, RMSNorm, fold_norms
 
 
