@@ -2,6 +2,7 @@
 fused decode path picks the tokens of the unfused one.
 
 Usage: PYTHONPATH=src python benchmarks/greedy_agree.py MODEL_DIR [MODEL_DIR ...] --variants pdl,nofold,unfused
+       [--w8a8 CALIB_FILE]   (quantize each model with the Quamba recipe on 64 x 512 calibration tokens first)
 """
 from __future__ import annotations
 
@@ -25,11 +26,18 @@ def main() -> None:
     ap.add_argument("--variants", default="pdl,nofold,unfused", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--w8a8", metavar="CALIB_FILE", help="quantize (Quamba recipe) with this calibration text")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     report = []
     for path in args.models:
         model, tok = api.load(path, device="cuda", dtype=args.dtype)
+        if args.w8a8:
+            from quamba.quantization import RECIPES, quantize_
+            from quamba.quantization.calib_data import load_calibration_samples
+
+            samples = load_calibration_samples(args.w8a8, tok, num_samples=64, seqlen=512, show_progress=False)
+            quantize_(model, RECIPES["quamba"](), [s.cuda() for s in samples], show_progress=False)
         for prompt in PROMPTS:
             ids = torch.tensor([tok.encode(prompt)], device="cuda")
             out = {}
