@@ -145,6 +145,23 @@ def rms_plan(rms: tuple[torch.Tensor, int, float] | None, block_k: int, dummy: t
     return (ss, group, float(eps), 1 if group % block_k == 0 else 2), block_k
 
 
+def check_rms(ss: torch.Tensor, group: int, m: int, k: int) -> None:
+    """``ss`` must hold one sum of squares per row and group of ``group`` of the ``k`` columns, ``[m, k / group]``
+    with unit column stride (``_x_tile``'s and the Hadamard kernel's layout)."""
+    if not (group > 0 and k % group == 0 and tuple(ss.shape) == (m, k // group) and ss.stride(-1) == 1):
+        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {k} columns")
+
+
+def scratch_plan(zero: torch.Tensor | None) -> tuple[int, int]:
+    """``(NZERO, BLOCK_Z)`` of ``zero_scratch`` for an optional scratch tensor, which must be contiguous
+    (``BLOCK_Z = 0``: nothing to zero)."""
+    if zero is None:
+        return 0, 0
+    if not zero.is_contiguous():
+        raise InvalidArgumentError("zero must be contiguous")
+    return zero.numel(), next_pow2(zero.numel()) if zero.numel() else 0
+
+
 def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
          rms: tuple[torch.Tensor, int, float] | None = None,
@@ -171,13 +188,13 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     bn, bk, warps = block_n or bn, block_k or bk, num_warps or warps
     (ss, group, eps, mode), bk = rms_plan(rms, bk, weight)
     res, nw, ss2 = add_norm if add_norm is not None else (weight, weight, weight)
-    nz = zero.numel() if zero is not None else 0
+    nz, bz = scratch_plan(zero)
     launch(_gemv_kernel, (cdiv(n, bn),), x2, weight, bias if bias is not None else weight, y, ss, res, nw, ss2,
            zero if zero is not None else weight, m, n, k, nz, x2.stride(0), weight.stride(0), y.stride(0),
            ss.stride(0) if rms is not None else 0, res.stride(0) if add_norm is not None else 0,
            ss2.stride(0) if add_norm is not None else 0, float(eps),
            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, RMS=mode, GROUP=group,
-           ADD_NORM=add_norm is not None, BLOCK_Z=next_pow2(nz) if nz else 0, num_warps=warps, **pdl_args(x2))
+           ADD_NORM=add_norm is not None, BLOCK_Z=bz, num_warps=warps, **pdl_args(x2))
     return y
 
 
@@ -196,6 +213,8 @@ def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         raise InvalidArgumentError(f"norm weight must be a contiguous ({n},), got {tuple(norm_w.shape)}")
     if tuple(ss.shape) != (m, 1) or ss.dtype != torch.float32:
         raise InvalidArgumentError(f"ss must be fp32 {(m, 1)}, got {ss.dtype} {tuple(ss.shape)}")
+    if rms is not None:
+        check_rms(rms[0], rms[1], m, k)
     if m == 0 or m > MAX_M or x.dtype != weight.dtype:
         return FR.linear_add_norm(x, weight, bias, residual, norm_w, ss, rms)
     return gemv(x, weight, bias, rms=rms, add_norm=(residual, norm_w, ss))

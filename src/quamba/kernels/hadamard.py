@@ -37,6 +37,7 @@ from ..ops import fused_reference as FR
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
 from .int8_gemm import interpreting, num_sms
 from .pdl import pdl_args, pdl_sync
+from .gemv import check_rms
 from .launch import launch, cdiv, next_pow2
 
 Tensor = torch.Tensor
@@ -345,8 +346,7 @@ def rms_hadamard_quant(gw: Tensor, ss: Tensor, group: int, eps: float, out_scale
         raise InvalidArgumentError(f"gw must be a float [B, n] tensor, got {gw.dtype} {tuple(gw.shape)}")
     m, n = gw.shape
     r, c, _, _ = tile_plan(n)
-    if not (group > 0 and n % group == 0 and tuple(ss.shape) == (m, n // group) and ss.stride(-1) == 1):
-        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {n} columns")
+    check_rms(ss, group, m, n)
     if group % c or gw.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FR.rms_hadamard_quant(gw, ss, group, eps, out_scale)
     x2 = gw if gw.stride(-1) == 1 else gw.contiguous()

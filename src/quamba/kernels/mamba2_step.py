@@ -24,7 +24,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ._small_common import channel_vector, old_taps, per_tensor_scale_arg, pow2, push_tap, silu, store_window
 from ..ops import fused_reference as FR
-from .gemv import MAX_M, _row_dots, decode_tiles, gemv, rms_plan, zero_scratch
+from .gemv import MAX_M, _row_dots, check_rms, decode_tiles, gemv, rms_plan, scratch_plan, zero_scratch
 from .launch import cdiv, launch
 from .pdl import pdl_args
 from .state_update import _FP_SCALES, _NO_LIMIT, _ssd
@@ -89,10 +89,9 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     if tuple(conv_w.shape) != (c, kc):
         raise InvalidArgumentError(f"conv weight {tuple(conv_w.shape)} != {(c, kc)}")
     cb = channel_vector(conv_b, c, "conv bias")
-    if zero is not None and not zero.is_contiguous():
-        raise InvalidArgumentError("zero must be contiguous")
+    nz, bz = scratch_plan(zero)
     if rms is not None:
-        _check_rms(rms, m, k)
+        check_rms(rms[0], rms[1], m, k)
     if m == 0 or m > MAX_M or h.dtype != weight.dtype:
         return FR.in_proj_conv_step(h, weight, bias, conv_state, conv_w, cb, start, zero, rms)
     if h.stride(-1) != 1:
@@ -102,19 +101,12 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     y = torch.empty(m, n, device=h.device, dtype=h.dtype)
     bm, bn, bk, warps = decode_tiles(m, n, k)
     (ss, group, eps, mode), bk = rms_plan(rms, bk, weight)
-    nz = zero.numel() if zero is not None else 0
     launch(_in_proj_conv_kernel, (cdiv(n, bn),), h, weight, bias if bias is not None else weight, y, conv_state,
            conv_w, cb, zero, ss, m, n, k, start, c, nz, h.stride(0), weight.stride(0), y.stride(0),
            *conv_state.stride(), *conv_w.stride(), ss.stride(0) if rms is not None else 0, eps,
            HAS_BIAS=bias is not None, HAS_CB=cb is not None, KC=kc, KCP=pow2(kc, 2), BLOCK_M=bm, BLOCK_N=bn,
-           BLOCK_K=bk, RMS=mode, GROUP=group, BLOCK_Z=pow2(nz) if nz else 0, num_warps=warps, **pdl_args(h))
+           BLOCK_K=bk, RMS=mode, GROUP=group, BLOCK_Z=bz, num_warps=warps, **pdl_args(h))
     return y
-
-
-def _check_rms(rms: tuple[Tensor, int, float], m: int, k: int) -> None:
-    ss, group = rms[0], rms[1]
-    if not (group > 0 and k % group == 0 and tuple(ss.shape) == (m, k // group) and ss.stride(-1) == 1):
-        raise InvalidArgumentError(f"ss {tuple(ss.shape)} does not hold groups of {group} of {k} columns")
 
 
 def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -169,11 +161,9 @@ def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Te
     if gw.dim() != 2:
         raise InvalidArgumentError(f"gw must be [B, K], got {tuple(gw.shape)}")
     m, k = gw.shape
-    rms = (ss, group, eps) if ss is not None else None
-    if rms is not None:
-        _check_rms(rms, m, k)
-    if zero is not None and not zero.is_contiguous():
-        raise InvalidArgumentError("zero must be contiguous")
+    if ss is not None:
+        check_rms(ss, group, m, k)
+    scratch_plan(zero)
     if m == 0 or m > MAX_M or gw.dtype != weight.dtype:
         return FR.rms_linear(gw, ss, group, eps, weight, bias, zero, out_dtype)
-    return gemv(gw, weight, bias, rms=rms, zero=zero, out_dtype=out_dtype)
+    return gemv(gw, weight, bias, rms=(ss, group, eps) if ss is not None else None, zero=zero, out_dtype=out_dtype)

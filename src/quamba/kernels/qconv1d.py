@@ -14,7 +14,7 @@ from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
                             store_window)
 from .conv1d import _check_common, update_block
-from .gemv import zero_scratch
+from .gemv import scratch_plan, zero_scratch
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
 
@@ -157,8 +157,7 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
                                    f"{tuple(x_q.shape)}")
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
-    if zero is not None and not zero.is_contiguous():
-        raise InvalidArgumentError("zero must be contiguous")
+    nz, bz = scratch_plan(zero)
     y = torch.empty((bsz, d), device=x_q.device, dtype=torch.int8)
     if y.numel() == 0:
         if zero is not None:
@@ -166,11 +165,10 @@ def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: 
         return y
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     block_d, warps = update_block(d, bsz)
-    nz = zero.numel() if zero is not None else 0
     launch(_qconv_update_kernel, (cdiv(d, block_d), bsz),
            x_q, conv_state, w_q, b_c, y, zero, d, nz, xs, xsv, ws, wsv, bs, bsv, os_, osv,
            x_q.stride(0), x_q.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
            w_q.stride(0), w_q.stride(1), y.stride(0),
            XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-           BLOCK_D=block_d, BLOCK_Z=pow2(nz) if nz else 0, num_warps=warps, **pdl_args(x_q))
+           BLOCK_D=block_d, BLOCK_Z=bz, num_warps=warps, **pdl_args(x_q))
     return y
