@@ -14,11 +14,12 @@ def test_spec_key_separates_what_triton_specializes_on():
     k = L.spec_key
     assert k(1) != k(2) and k(16) != k(17) and k(16) == k(32) and k(48) != k(50)
     assert k(2 ** 31 - 16) != k(2 ** 31) and k(2 ** 63) != k(2 ** 62)
+    assert k(1) != k(32) and k(0) != k(17) and k(3) != k(19)  # small values never meet the classes
     assert k(True) != k(1) and k(None) != k(0) and k(1.0) == k(2.5)
     assert k(7, constexpr=True) != k(9, constexpr=True)
     buf = torch.zeros(64, dtype=torch.float32)
     assert k(buf) != k(buf[1:]) and k(buf) == k(buf[4:]) and k(buf) != k(buf.half())
-    assert k(torch.nn.Parameter(buf)) == k(buf)
+    assert k(torch.nn.Parameter(buf))[1] == k(buf)[1]  # same specialization (the type pattern differs)
 
 
 def test_launch_hooks_are_detected(monkeypatch):

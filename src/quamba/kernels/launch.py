@@ -10,7 +10,8 @@ host-bound. ``launch`` keys the compiled kernel on exactly what Triton specializ
 - ints by ``% 16 == 0`` and the 32/64-bit range (small ints, which include the specialized 1, by
   value); bools and None by value; floats by type;
 
-and launches a hit through the compiled kernel's own launcher. A miss (or anything unusual: the
+(each pattern of argument types gets its key as one generated expression, so a launch costs no
+per-argument Python calls) and launches a hit through the compiled kernel's own launcher. A miss (or anything unusual: the
 interpreter, launch hooks, an autotuner) goes through ``kernel[grid](...)``, which compiles and
 caches as usual. Results cannot differ from the generic path: the same compiled binary runs with
 the same arguments.
@@ -18,7 +19,7 @@ the same arguments.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from triton.runtime.jit import JITFunction
@@ -34,10 +35,12 @@ except ImportError:  # older Triton: no launch hooks to honour
 
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream
+    _current_device = torch._C._cuda_getDevice
 except AttributeError:  # a CPU-only torch
-    _raw_stream = None
+    _raw_stream = _current_device = None
 
-_params: dict[int, tuple[tuple[str, ...], tuple[bool, ...]]] = {}
+_params: dict[int, tuple[tuple[str, ...], tuple[bool, ...], frozenset[str]]] = {}
+_keyfns: dict[tuple, Callable[[Sequence[Any]], tuple]] = {}
 _compiled: dict[tuple, tuple] = {}
 _enabled = not _INTERPRET and _raw_stream is not None
 
@@ -57,40 +60,54 @@ def next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length() if n > 1 else 1
 
 
-def _signature(kernel) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+def _signature(kernel) -> tuple[tuple[str, ...], tuple[bool, ...], frozenset[str]]:
     sig = _params.get(id(kernel))
     if sig is None:
-        sig = _params[id(kernel)] = (tuple(p.name for p in kernel.params), tuple(p.is_constexpr for p in kernel.params))
+        names = tuple(p.name for p in kernel.params)
+        sig = _params[id(kernel)] = (names, tuple(p.is_constexpr for p in kernel.params), frozenset(names))
     return sig
 
 
-def _key(args: Sequence[Any], is_const: Sequence[bool]) -> list:
-    """Per argument, what Triton's specialization depends on (finer is safe: a miss only costs the
-    generic path). Tensors: dtype and pointer offset mod 16; constexprs, bools, None and small ints
-    by value; other ints by ``% 16 == 0`` and 32/64-bit range; floats by type."""
-    key = []
-    add = key.append
-    for a, c in zip(args, is_const):
-        t = type(a)
+def _int_class(a: int) -> int:
+    """Small ints by value; others by ``% 16 == 0`` and 32/64-bit range, coded 16..31 so the two never meet."""
+    if -16 < a < 16:
+        return a
+    return 16 + (a & 15 == 0) + 2 * (a > _I32_MAX) + 4 * (a < _I32_MIN) + 8 * (a >= _U64_MIN)
+
+
+def _key_fn(types: tuple[type, ...], is_const: Sequence[bool]) -> Callable[[Sequence[Any]], tuple]:
+    """The key of an argument list whose types are ``types``, as one generated expression (no per-argument
+    calls or branches at launch time). Tensors: dtype and pointer offset mod 16; constexprs, bools, None
+    and other objects by value; ints by ``_int_class``; floats by type alone (the types are in the key)."""
+    parts = []
+    for i, (t, c) in enumerate(zip(types, is_const)):
+        a = f"a[{i}]"
         if t is _Tensor or t is _Parameter:
-            add(a.dtype)
-            add(a.data_ptr() & 15)
-        elif t is bool:
-            add((bool, a))
-        elif c or t is not int and t is not float:
-            add(a)
-        elif t is float:
-            add(float)
-        elif -16 < a < 16:
-            add(a)
-        else:
-            add((a & 15 == 0) + 2 * (a > _I32_MAX) + 4 * (a < _I32_MIN) + 8 * (a >= _U64_MIN))
-    return key
+            parts.append(f"{a}.dtype, {a}.data_ptr() & 15")
+        elif t is int and not c:
+            parts.append(f"({a} if -16 < {a} < 16 else _int_class({a}))")
+        elif t is not float or c:
+            parts.append(a)
+    scope = {"_int_class": _int_class}
+    exec(f"def key(a):\n    return ({''.join(p + ', ' for p in parts)})\n", scope)
+    return scope["key"]
+
+
+def _key(args: Sequence[Any], is_const: Sequence[bool], owner: Any = None) -> tuple:
+    """Per argument, what Triton's specialization depends on (finer is safe: a miss only costs the
+    generic path), behind the tuple of the arguments' types. ``owner`` (the kernel's id) names the
+    ``is_const`` pattern the generated key function is cached under."""
+    types = tuple(map(type, args))
+    slot = (owner if owner is not None else tuple(is_const), types)
+    fn = _keyfns.get(slot)
+    if fn is None:
+        fn = _keyfns[slot] = _key_fn(types, is_const)
+    return types, fn(args)
 
 
 def spec_key(value: Any, constexpr: bool = False) -> tuple:
     """``_key`` of one argument (for tests and diagnostics)."""
-    return tuple(_key([value], [constexpr]))
+    return _key([value], [constexpr])
 
 
 def _hooks_set() -> bool:
@@ -107,16 +124,18 @@ def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     if not _enabled or type(kernel) is not JITFunction:
         kernel[grid](*args, **kwargs)
         return
-    names, is_const = _signature(kernel)
+    names, is_const, name_set = _signature(kernel)
     n = len(args)
     try:
         full = list(args) + [kwargs[name] for name in names[n:]]
     except KeyError:
         kernel[grid](*args, **kwargs)
         return
-    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names)) if len(kwargs) > len(names) - n else ()
-    device = torch.cuda.current_device()
-    key = (id(kernel), device, options, *_key(full, is_const))
+    options = ()
+    if len(kwargs) > len(names) - n:
+        options = tuple(sorted((k, kwargs[k]) for k in kwargs.keys() - name_set))
+    device = _current_device()
+    key = (id(kernel), device, options, _key(full, is_const, id(kernel)))
     hit = _compiled.get(key)
     if hit is None or _hooks_set():
         compiled = kernel[grid](*args, **kwargs)
