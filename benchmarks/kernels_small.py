@@ -2,8 +2,8 @@
 their plain-torch references at real model shapes: decode (batch 1) and prefill (1024 tokens).
 
 For each case: median time of the Triton kernel and of the reference (triton.testing.do_bench), the
-kernel's time inside a CUDA graph (decode only: that is how decode runs), the bytes the op must move
-(inputs read + outputs and states written) and the achieved bandwidth of the kernel.
+kernel's time inside a CUDA graph (its GPU time: the eager time of a short kernel includes its launch),
+the bytes the op must move (inputs read + outputs and states written) and the achieved bandwidth.
 
 Usage: PYTHONPATH=src python benchmarks/kernels_small.py [--shapes mamba-2.8b,mamba2-2.7b,mamba2-8b]
        [--tokens 1024] [--json]
@@ -167,7 +167,7 @@ def run(case: Case) -> Result:
     torch.cuda.synchronize()
     k = triton.testing.do_bench(case.kernel, warmup=25, rep=100, return_mode="median") * 1e3
     r = triton.testing.do_bench(case.reference, warmup=25, rep=100, return_mode="median") * 1e3
-    g = graph_time_us(case.kernel) if case.phase == "decode" else None
+    g = graph_time_us(case.kernel)
     best = min(k, g) if g is not None else k
     return Result(case.shape, case.phase, case.op, k, r, r / k, g, case.bytes, case.bytes / (best * 1e-6) / 1e9)
 

@@ -35,6 +35,7 @@ def token_major(b: int, L: int, d: int, dtype, pad: int = 7) -> torch.Tensor:
     (3, 5, 48, 4, False, False, True),
     (3, 40, 24, 3, True, False, False),
     (1, 2, 20, 4, True, True, True),
+    (2, 101, 32, 4, True, True, True),  # interior tiles: the unmasked path
 ])
 def test_causal_conv1d(dtype, b, L, d, k, bias, state, silu):
     x = token_major(b, L, d, dtype)
@@ -46,6 +47,11 @@ def test_causal_conv1d(dtype, b, L, d, k, bias, state, silu):
     ref = R.causal_conv1d(x, w, bb, silu, st)
     assert y.shape == ref.shape and y.dtype == ref.dtype
     assert rel_err(y, ref) < TOL[dtype]
+    if state:  # the state after x, written in place by the first tile's programs
+        st2, ref_st = st.clone(), st.clone()
+        assert torch.equal(KC.causal_conv1d(x, w, bb, silu, st2, update_state=True), y)
+        R.causal_conv1d(x, w, bb, silu, ref_st, update_state=True)
+        assert torch.equal(st2, ref_st) and torch.equal(ref_st, R.conv_state_from_inputs(x, k, st))
 
 
 @pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float16),
@@ -84,6 +90,9 @@ def test_conv_bad_shapes():
         KC.causal_conv1d(x, torch.randn(15, 4, device=DEV))
     with pytest.raises(InvalidArgumentError):
         KC.causal_conv1d(x, torch.randn(16, 4, device=DEV), initial_state=torch.randn(2, 16, 3, device=DEV))
+    for conv in (KC.causal_conv1d, R.causal_conv1d):
+        with pytest.raises(InvalidArgumentError):
+            conv(x, torch.randn(16, 4, device=DEV), update_state=True)
     with pytest.raises(InvalidArgumentError):
         KC.causal_conv1d_update(x[:, 0], torch.randn(1, 16, 4, device=DEV), torch.randn(16, 4, device=DEV))
 
@@ -168,6 +177,9 @@ def test_causal_conv1d_gpu(dtype, d, b, L):
     with poisoned_outputs():
         y = KC.causal_conv1d(x, w, bb, True, st)
     assert rel_err(y, ref) < (2e-3 if dtype == torch.float16 else 1e-2)
+    state = st.clone()
+    assert torch.equal(KC.causal_conv1d(x, w, bb, True, state, update_state=True), y)
+    assert torch.equal(state, R.conv_state_from_inputs(x, 4, st))
     state = st.clone()
     xd = x[:, 0]
     with poisoned_outputs():

@@ -18,6 +18,7 @@ from quamba.kernels import qconv1d as KQC
 from quamba.kernels import qnorm as KQN
 from quamba.kernels._small_common import quantize_int8, quantize_int8_bulk, round_half_even
 from quamba.ops import qreference as Q
+from quamba.ops import reference as R
 
 from kernel_checks import poisoned_outputs, rel_err
 
@@ -104,7 +105,8 @@ def test_quantize_matches_ieee_division_at_ties(scale, bulk):
 # ---------------------------------------------------------------- conv1d
 
 @pytest.mark.parametrize("b,L,d,bias,state", [(1, 37, 97, True, True), (3, 6, 48, False, False),
-                                              (3, 33, 20, True, False)])
+                                              (3, 33, 20, True, False), (2, 101, 64, True, True),
+                                              (2, 3, 24, False, True)])
 @pytest.mark.parametrize("kind", ["float", "tensor1", "channel"])
 def test_qcausal_conv1d(b, L, d, bias, state, kind):
     x = torch.randint(-128, 128, (b, L, d + 9), device=DEV, dtype=torch.int8)[:, :, 2:2 + d]
@@ -116,6 +118,11 @@ def test_qcausal_conv1d(b, L, d, bias, state, kind):
     ref = Q.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st)
     assert_int8_close(y, ref)
     assert_spread(ref)
+    if state:
+        st2, ref_st = st.clone(), st.clone()
+        assert torch.equal(KQC.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st2, update_state=True), y)
+        Q.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], ref_st, update_state=True)
+        assert torch.equal(st2, ref_st) and torch.equal(ref_st, R.conv_state_from_inputs(x, 4, st))
 
 
 @pytest.mark.parametrize("b,d,bias", [(1, 97, True), (3, 48, False)])
@@ -223,6 +230,9 @@ def test_qcausal_conv1d_gpu(d, b, L, kind):
     with poisoned_outputs():
         y = KQC.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st)
     assert_int8_close(y, Q.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], st))
+    state = st.clone()
+    assert torch.equal(KQC.qcausal_conv1d(x, sc[0], w, sc[1], bq, sc[2], sc[3], state, update_state=True), y)
+    assert torch.equal(state, R.conv_state_from_inputs(x, 4, st))
     state, ref_state = st.clone(), st.clone()
     with poisoned_outputs():
         y = KQC.qcausal_conv1d_update(x[:, 0], state, sc[0], w, sc[1], bq, sc[2], sc[3])

@@ -21,35 +21,84 @@ Tensor = torch.Tensor
 
 
 @triton.jit
+def conv_tile(x_ptr, w_ptr, s_ptr, b, l0, offs_d, md, d_full, L, sxb, sxl, sxd, swd, swk, ssb, ssd, ssk,
+              K: tl.constexpr, HAS_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+              ACC: tl.constexpr, OFF64: tl.constexpr):
+    """Causal taps of tokens ``l0 .. l0 + BLOCK_L`` on channels ``offs_d``: ``[BLOCK_L, BLOCK_D]`` in ``ACC``.
+
+    The per-element offsets are relative to the tile's first token (int32 unless ``OFF64``); a tile
+    with all its taps inside the sequence and all its channels valid (every tile but the first and
+    the edges) loads without masks and never reads ``initial_state``.
+    """
+    offs_l = tl.arange(0, BLOCK_L)
+    x_base = x_ptr + b * sxb + l0.to(tl.int64) * sxl
+    rows = offs_l[:, None].to(tl.int64) if OFF64 else offs_l[:, None]
+    tile = rows * sxl + offs_d[None, :] * sxd
+    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=ACC)
+    if (l0 >= K - 1) & (l0 + BLOCK_L <= L) & d_full:
+        for k in tl.static_range(K):
+            w = tl.load(w_ptr + offs_d * swd + k * swk).to(ACC)
+            v = tl.load(x_base + (tile - (K - 1 - k) * sxl)).to(ACC)
+            acc += v * w[None, :]
+    else:
+        for k in tl.static_range(K):
+            w = tl.load(w_ptr + offs_d * swd + k * swk, mask=md, other=0).to(ACC)
+            src = l0 + offs_l - (K - 1 - k)
+            m = ((src >= 0) & (src < L))[:, None] & md[None, :]
+            v = tl.load(x_base + (tile - (K - 1 - k) * sxl), mask=m, other=0).to(ACC)
+            if HAS_STATE:
+                ms = (src < 0)[:, None] & md[None, :]
+                v += tl.load(s_ptr + b * ssb + offs_d[None, :] * ssd + (src + K)[:, None] * ssk,
+                             mask=ms, other=0).to(ACC)
+            acc += v * w[None, :]
+    return acc
+
+
+@triton.jit
+def store_final_state(x_ptr, s_ptr, b, offs_d, md, L, sxb, sxl, sxd, ssb, ssd, ssk, K: tl.constexpr,
+                      KP: tl.constexpr, HAS_STATE: tl.constexpr):
+    """Replace the conv state of channels ``offs_d`` by the last ``K`` inputs (older ones from the state
+    itself when ``L < K``). Run by the program of the first token tile, after its own state reads: it
+    is the only one that reads the state (tiles span >= K - 1 tokens), so nothing else races the store."""
+    offs_k = tl.arange(0, KP)
+    src = L - K + offs_k
+    mk = md[:, None] & (offs_k < K)[None, :]
+    v = tl.load(x_ptr + b * sxb + src[None, :].to(tl.int64) * sxl + offs_d[:, None] * sxd,
+                mask=mk & (src >= 0)[None, :], other=0).to(s_ptr.dtype.element_ty)
+    state = s_ptr + b * ssb + offs_d[:, None] * ssd + offs_k[None, :] * ssk
+    if HAS_STATE:
+        old = tl.load(s_ptr + b * ssb + offs_d[:, None] * ssd + (src + K)[None, :] * ssk,
+                      mask=mk & (src < 0)[None, :], other=0)
+        v = tl.where((src >= 0)[None, :], v, old)
+    tl.debug_barrier()
+    tl.store(state, v, mask=mk)
+
+
+@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
                      sxb, sxl, sxd, swd, swk, ssb, ssd, ssk, syb, syl,
-                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
-                     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+                     K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
+                     SILU: tl.constexpr, STORE_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+                     OFF64: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    l0 = pid_l * BLOCK_L
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     md = offs_d < D
-    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
-    for k in tl.static_range(K):
-        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=md, other=0.0).to(tl.float32)
-        src = offs_l - (K - 1 - k)
-        m = ((src >= 0) & (src < L))[:, None] & md[None, :]
-        v = tl.load(x_ptr + b * sxb + src[:, None].to(tl.int64) * sxl + offs_d[None, :] * sxd,
-                    mask=m, other=0.0).to(tl.float32)
-        if HAS_STATE:
-            ms = (src < 0)[:, None] & md[None, :]
-            v += tl.load(s_ptr + b * ssb + offs_d[None, :] * ssd + (src + K)[:, None] * ssk,
-                         mask=ms, other=0.0).to(tl.float32)
-        acc += v * w[None, :]
+    acc = conv_tile(x_ptr, w_ptr, s_ptr, b, l0, offs_d, md, (pid_d + 1) * BLOCK_D <= D, L, sxb, sxl, sxd, swd, swk,
+                    ssb, ssd, ssk, K, HAS_STATE, BLOCK_L, BLOCK_D, tl.float32, OFF64)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[None, :]
     if SILU:
         acc = silu(acc)
+    offs_l = l0 + tl.arange(0, BLOCK_L)
     mo = (offs_l < L)[:, None] & md[None, :]
     tl.store(y_ptr + b * syb + offs_l[:, None].to(tl.int64) * syl + offs_d[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=mo)
+    if STORE_STATE:
+        if pid_l == 0:
+            store_final_state(x_ptr, s_ptr, b, offs_d, md, L, sxb, sxl, sxd, ssb, ssd, ssk, K, KP, HAS_STATE)
 
 
 @triton.jit
@@ -87,32 +136,45 @@ def _check_common(d: int, k: int, weight: Tensor, bias: Tensor | None) -> None:
         raise InvalidArgumentError(f"conv bias does not match {d} channels")
 
 
+def check_state(state: Tensor | None, shape: tuple[int, int, int], update: bool) -> None:
+    """The prefill conv's ``initial_state``: ``[B, D, K]``, and present when it is to be updated."""
+    if state is not None and tuple(state.shape) != shape:
+        raise InvalidArgumentError(f"initial_state {tuple(state.shape)} != {shape}")
+    if update and state is None:
+        raise InvalidArgumentError("update_state needs an initial_state to update")
+
+
+def prefill_tile(L: int, d: int, token_stride: int) -> tuple[int, int, bool]:
+    """``(BLOCK_L, BLOCK_D, OFF64)`` of a prefill conv; ``OFF64`` when a tile's offsets overflow int32.
+    Tiles span >= 8 tokens: only the first reads the initial state (taps K <= 8)."""
+    block_l = 32 if L >= 32 else pow2(L, 8)
+    block_d = min(128, pow2(d, 16))
+    return block_l, block_d, (block_l + 8) * abs(token_stride) + block_d >= 2 ** 31
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
-                  initial_state: Tensor | None = None) -> Tensor:
+                  initial_state: Tensor | None = None, update_state: bool = False) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``; see ``reference.causal_conv1d``."""
     if x.dim() != 3:
         raise InvalidArgumentError(f"causal_conv1d expects x [B, L, D], got {tuple(x.shape)}")
     bsz, L, d = x.shape
     k = weight.shape[-1]
     _check_common(d, k, weight, bias)
-    if initial_state is not None:
-        if tuple(initial_state.shape) != (bsz, d, k):
-            raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
+    check_state(initial_state, (bsz, d, k), update_state)
     y = torch.empty((bsz, L, d), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
     bias_c = bias.reshape(-1).contiguous() if bias is not None else None
     st = initial_state
-    block_d = min(128, pow2(d, 16))
-    block_l = 32 if L >= 32 else pow2(L, 4)
+    block_l, block_d, off64 = prefill_tile(L, d, x.stride(1))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_conv_fwd_kernel, grid,
            x, weight, bias_c, st, y, L, d,
            x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
            st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
            st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-           K=k, HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
-           BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+           K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
+           STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=4)
     return y
 
 

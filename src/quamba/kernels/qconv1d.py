@@ -13,7 +13,7 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
                             store_window)
-from .conv1d import _check_common, update_block
+from .conv1d import _check_common, check_state, conv_tile, prefill_tile, store_final_state, update_block
 from .gemv import scratch_plan, zero_scratch
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
@@ -40,30 +40,24 @@ def _qconv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
                       xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
                       sxb, sxl, sxd, swd, swk, ssb, ssd, ssk, syb, syl,
                       XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
-                      K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
-                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+                      K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
+                      STORE_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, OFF64: tl.constexpr):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    l0 = pid_l * BLOCK_L
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     md = offs_d < D
-    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.int32)
-    for k in tl.static_range(K):
-        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=md, other=0).to(tl.int32)
-        src = offs_l - (K - 1 - k)
-        m = ((src >= 0) & (src < L))[:, None] & md[None, :]
-        v = tl.load(x_ptr + b * sxb + src[:, None].to(tl.int64) * sxl + offs_d[None, :] * sxd,
-                    mask=m, other=0).to(tl.int32)
-        if HAS_STATE:
-            ms = (src < 0)[:, None] & md[None, :]
-            v += tl.load(s_ptr + b * ssb + offs_d[None, :] * ssd + (src + K)[:, None] * ssk,
-                         mask=ms, other=0).to(tl.int32)
-        acc += v * w[None, :]
+    acc = conv_tile(x_ptr, w_ptr, s_ptr, b, l0, offs_d, md, (pid_d + 1) * BLOCK_D <= D, L, sxb, sxl, sxd, swd, swk,
+                    ssb, ssd, ssk, K, HAS_STATE, BLOCK_L, BLOCK_D, tl.int32, OFF64)
+    offs_l = l0 + tl.arange(0, BLOCK_L)
     q = _dequant_silu_quant(acc, b_ptr, offs_d[None, :], md[None, :], xs_ptr, xs_val, ws_ptr, ws_val,
                             bs_ptr, bs_val, os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS, True)
     mo = (offs_l < L)[:, None] & md[None, :]
     tl.store(y_ptr + b * syb + offs_l[:, None].to(tl.int64) * syl + offs_d[None, :], q, mask=mo)
+    if STORE_STATE:
+        if pid_l == 0:
+            store_final_state(x_ptr, s_ptr, b, offs_d, md, L, sxb, sxl, sxd, ssb, ssd, ssk, K, KP, HAS_STATE)
 
 
 @triton.jit
@@ -112,16 +106,15 @@ def _check(d: int, k: int, w_q: Tensor, b_q: Tensor | None, *int8: Tensor | None
 
 
 def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q: Tensor | None,
-                   b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None) -> Tensor:
+                   b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None,
+                   update_state: bool = False) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
     if x_q.dim() != 3:
         raise InvalidArgumentError(f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
     bsz, L, d = x_q.shape
     k = w_q.shape[-1]
     _check(d, k, w_q, b_q, x_q, initial_state)
-    if initial_state is not None:
-        if tuple(initial_state.shape) != (bsz, d, k):
-            raise InvalidArgumentError(f"initial_state {tuple(initial_state.shape)} != {(bsz, d, k)}")
+    check_state(initial_state, (bsz, d, k), update_state)
     (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
                                                                                   out_scale)
     y = torch.empty((bsz, L, d), device=x_q.device, dtype=torch.int8)
@@ -129,16 +122,16 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
         return y
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     st = initial_state
-    block_d = min(128, pow2(d, 16))
-    block_l = 32 if L >= 32 else pow2(L, 4)
+    block_l, block_d, off64 = prefill_tile(L, d, x_q.stride(1))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_qconv_fwd_kernel, grid,
            x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
            x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
            st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
            st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-           XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, HAS_BIAS=b_q is not None, HAS_STATE=st is not None,
-           BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+           XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
+           HAS_STATE=st is not None, STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64,
+           num_warps=4)
     return y
 
 

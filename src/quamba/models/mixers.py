@@ -109,14 +109,12 @@ class Mamba1Mixer(nn.Module):
             return self.out_proj(self._ssm_step(self.in_proj(h[:, 0]), state)).unsqueeze(1)
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight[:, 0]
-        conv_in = x
         x = ops.causal_conv1d(x, w, self.conv1d.bias, silu=True,
-                              initial_state=state.conv if state is not None else None)
+                              initial_state=state.conv if state is not None else None, update_state=state is not None)
         dt, B, C, A = self._ssm_params(x)
         y, last = ops.selective_scan(x, dt, A, B, C, self.D, z, delta_bias=self.dt_proj.bias,
                                      delta_softplus=True, initial_state=state.ssm if state is not None else None)
         if state is not None:
-            state.conv.copy_(ops.conv_state_from_inputs(conv_in, self.cfg.d_conv, state.conv))
             state.ssm.copy_(last)
         return self.out_proj(y)
 
@@ -199,16 +197,15 @@ class Mamba2Mixer(nn.Module):
                                      self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit)
             y = y.reshape(b, 1, c.d_inner)
         else:
-            conv_in = xbc
             xbc = ops.causal_conv1d(xbc, w, self.conv1d.bias, silu=True,
-                                    initial_state=state.conv if state is not None else None)
+                                    initial_state=state.conv if state is not None else None,
+                                    update_state=state is not None)
             x, B, C = self.split_xbc(xbc)
             y, last = ops.ssd_chunked(x.reshape(b, L, c.nheads, c.headdim), dt, A,
                                       B.reshape(b, L, c.ngroups, c.d_state), C.reshape(b, L, c.ngroups, c.d_state),
                                       c.chunk_size, self.D, dt_bias=self.dt_bias, dt_softplus=True,
                                       dt_limit=c.dt_limit, initial_state=state.ssm if state is not None else None)
             if state is not None:
-                state.conv.copy_(ops.conv_state_from_inputs(conv_in, c.d_conv, state.conv))
                 state.ssm.copy_(last)
             y = y.reshape(b, L, c.d_inner)
         return self.out_proj(self.norm(y, z))

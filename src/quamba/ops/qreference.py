@@ -82,11 +82,12 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
 
 
 def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q: Tensor | None, b_scale: Scale,
-                   out_scale: Scale, initial_state: Tensor | None = None) -> Tensor:
+                   out_scale: Scale, initial_state: Tensor | None = None, update_state: bool = False) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output.
 
     ``y = w_scale * x_scale * sum_k w_q[k] x_q[t-K+1+k] + b_scale * b_q``; scales are floats or
-    per-channel ``[D]``. ``initial_state [B, D, K]`` holds the int8 inputs before ``x_q``.
+    per-channel ``[D]``. ``initial_state [B, D, K]`` holds the int8 inputs before ``x_q``;
+    ``update_state`` replaces it in place by the int8 state after ``x_q``.
     """
     b, L, d = x_q.shape
     k = w_q.shape[-1]
@@ -96,6 +97,8 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
     y = acc * _chan(w_scale) * _chan(x_scale)
     if b_q is not None:
         y = y + b_q.float() * _chan(b_scale)
+    if update_state:
+        R.replace_state(x_q, initial_state)
     return quantize(F.silu(y), out_scale)
 
 

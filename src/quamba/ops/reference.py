@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidArgumentError
+
 Tensor = torch.Tensor
 
 
@@ -53,11 +55,12 @@ def gated_rms_norm(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: floa
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
-                  initial_state: Tensor | None = None) -> Tensor:
+                  initial_state: Tensor | None = None, update_state: bool = False) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``.
 
     ``initial_state [B, D, K]`` holds the inputs preceding ``x`` (only its last ``K-1`` are used);
-    zeros when None.
+    zeros when None. ``update_state``: replace it in place by the state after ``x``
+    (``conv_state_from_inputs``), as a prefill that continues a cache does.
     """
     b, L, d = x.shape
     k = weight.shape[-1]
@@ -70,7 +73,16 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     y = F.conv1d(xt, weight.float().unsqueeze(1), bias.float() if bias is not None else None, groups=d)
     if silu:
         y = F.silu(y)
+    if update_state:
+        replace_state(x, initial_state)
     return y.transpose(1, 2).to(x.dtype)
+
+
+def replace_state(x: Tensor, state: Tensor | None) -> None:
+    """``state.copy_(conv_state_from_inputs(x, K, state))`` for a prefill conv's ``update_state``."""
+    if state is None:
+        raise InvalidArgumentError("update_state needs an initial_state to update")
+    state.copy_(conv_state_from_inputs(x, state.shape[-1], state))
 
 
 def conv_state_from_inputs(x: Tensor, k: int, initial_state: Tensor | None = None) -> Tensor:

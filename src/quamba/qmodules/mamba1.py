@@ -122,13 +122,12 @@ class QMamba1Mixer(QModule):
                                        s_xz, dt_bias, out_dtype=self.out_dtype, done=done)
             return self.out_proj(y).unsqueeze(1)
         u = ops.qcausal_conv1d(x, s_xz, *self._conv_params(), s_u,
-                               initial_state=state.conv if state is not None else None)
+                               initial_state=state.conv if state is not None else None, update_state=state is not None)
         dt, B, C = self._dt_b_c(u)
         y, last = ops.qselective_scan(u, s_u, dt, s_dt, A, B, s_bc, C, s_bc, D, z, s_xz, dt_bias, s_h,
                                       initial_state=state.ssm if state is not None else None,
                                       out_dtype=self.out_dtype)
         if state is not None:
-            state.conv.copy_(ops.conv_state_from_inputs(x, self.cfg.d_conv, state.conv))
             state.ssm.copy_(last)
         return self.out_proj(y)
 

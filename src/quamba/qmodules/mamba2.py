@@ -173,7 +173,8 @@ class QMamba2Mixer(QModule):
             y = y.reshape(b, 1, c.d_inner)
         else:
             xbc_o = ops.qcausal_conv1d(xbc, self._conv_in_scale(), *conv,
-                                       initial_state=state.conv if state is not None else None)
+                                       initial_state=state.conv if state is not None else None,
+                                       update_state=state is not None)
             x, B, C = self._split_xbc(xbc_o)
             y, last = ops.qssd_chunked(x.reshape(b, L, c.nheads, c.headdim), s["x"], dt, s["dt"], A,
                                        B.reshape(b, L, c.ngroups, c.d_state), s["B"],
@@ -182,7 +183,6 @@ class QMamba2Mixer(QModule):
                                        initial_state=state.ssm if state is not None else None,
                                        out_dtype=self.out_dtype)
             if state is not None:
-                state.conv.copy_(ops.conv_state_from_inputs(xbc, c.d_conv, state.conv))
                 state.ssm.copy_(last)
             y = y.reshape(b, L, c.d_inner)
         y = ops.qgated_rms_norm(y, z, s["z"], self.norm_weight, self.norm_eps, self.group_size,
