@@ -24,18 +24,18 @@ Scale = float | Tensor
 def _qadd_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, os_ptr, os_val, D, sx, sr, sy, sro, eps,
                           HAS_RES: tl.constexpr, HAS_W: tl.constexpr, STORE_RES: tl.constexpr,
                           OS_M: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl_sync(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < D
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32) if HAS_W else 1.0
+    out_scale = load_scale(os_ptr, os_val, offs, m, OS_M)
+    pdl_sync(USE_PDL)
     s = residual_sum(x_ptr, r_ptr, row, sx, sr, offs, m, HAS_RES)
     if STORE_RES:
         tl.store(ro_ptr + row * sro + offs, s.to(ro_ptr.dtype.element_ty), mask=m)
     h = s.to(ro_ptr.dtype.element_ty).to(tl.float32)
-    y = h * tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
-    if HAS_W:
-        y = y * tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * sy + offs, quantize_int8(y, load_scale(os_ptr, os_val, offs, m, OS_M)), mask=m)
+    y = h * tl.rsqrt(tl.sum(h * h, axis=0) / D + eps) * w
+    tl.store(y_ptr + row * sy + offs, quantize_int8(y, out_scale), mask=m)
 
 
 def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float, out_scale: Scale,
