@@ -58,8 +58,9 @@ def test_w8a8_linear_int8_output_per_segment(seed):
     assert y.dtype == torch.int8
     exact = (x_q.double() @ q.weight.double().t()) * 0.03 * ws.double() / out_scale.double()
     ref = exact.round().clamp(-128, 127)
-    assert (y.double() - ref).abs().max() <= 1  # ties may round either way in fp32
-    assert (y.double() != ref).float().mean() < 0.01
+    assert (y.double() - ref).abs().max() <= 1
+    near_tie = ((exact - exact.floor()) - 0.5).abs() < 1e-4  # fp32 may round these either way
+    assert torch.equal(y.double()[~near_tie], ref[~near_tie])
 
 
 def test_w8a8_linear_dynamic_per_token(seed):
