@@ -95,3 +95,21 @@ def test_model_made_under_inference_mode(arch, seed):
         cache = m.allocate_cache(2)
         got = torch.cat([m(ids[:, :6], cache), decode(m, ids[:, 6:], cache)], dim=1)
     assert_close(got, want)
+
+
+def test_cache_reset_zeroes_every_state(model):
+    """After a prefill, ``reset`` (grouped ``_foreach_zero_``) leaves every state and scratch tensor zero,
+    and the next prefill equals one on a fresh cache."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    cache = model.allocate_cache(2)
+    with torch.inference_mode():
+        model(ids, cache)
+        for s in cache.layers:
+            for t in (s.conv, s.ssm, *s.work):
+                t.fill_(3)
+        cache.reset()
+        assert cache.seqlen_offset == 0
+        assert all(not t.any() for s in cache.layers for t in (s.conv, s.ssm, *s.work))
+        again = model(ids, cache)
+        fresh = model(ids, model.allocate_cache(2))
+    assert torch.equal(again, fresh)

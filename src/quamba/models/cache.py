@@ -31,11 +31,14 @@ class InferenceCache:
         self.seqlen_offset = 0
 
     def reset(self) -> None:
+        """Zero every state, one ``_foreach_zero_`` per (device, dtype) group: a new prompt issues a handful
+        of launches instead of one ``zero_`` per tensor (2-5 per layer, ~10 us of host time each)."""
+        groups: dict[tuple, list[torch.Tensor]] = {}
         for s in self.layers:
-            s.conv.zero_()
-            s.ssm.zero_()
-            for w in s.work:
-                w.zero_()
+            for t in (s.conv, s.ssm, *s.work):
+                groups.setdefault((t.device, t.dtype), []).append(t)
+        for tensors in groups.values():
+            torch._foreach_zero_(tensors)
         self.seqlen_offset = 0
 
     def nbytes(self) -> int:
