@@ -30,7 +30,6 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import (channel_vector, load_scale, old_taps, per_tensor_scale_arg, pow2, push_tap,
                             quantize_int8, scale_arg, silu, softplus, store_window)
-from .qconv1d import _dequant_silu_quant
 from .launch import launch, cdiv
 from ..errors import InvalidArgumentError
 
@@ -59,6 +58,13 @@ def _conv_xproj_kernel(x_ptr, s_ptr, cw_ptr, cb_ptr, w_ptr, u_ptr, acc_ptr, DIM,
     cw = tl.load(cw_ptr + offs_d[:, None] * s_cd + offs_k[None, :] * s_ck, mask=mk, other=0)
     base = s_ptr + b * s_sb + offs_d[:, None] * s_sd
     taps = old_taps(base, offs_k[None, :], md[:, None], K, s_sk)
+    cb = tl.load(cb_ptr + offs_d, mask=md, other=0).to(tl.float32) if HAS_BIAS else 0.0
+    if QUANT:
+        wsv = load_scale(ws_ptr, ws_val, offs_d, md, WS_M)
+        xsv = load_scale(xs_ptr, xs_val, offs_d, md, XS_M)
+        if HAS_BIAS:
+            cb = cb * load_scale(bs_ptr, bs_val, offs_d, md, BS_M)
+        u_scale = load_scale(us_ptr, us_val, offs_d, md, US_M)
     pdl_sync(USE_PDL)
 
     xv = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=md, other=0)
@@ -70,13 +76,10 @@ def _conv_xproj_kernel(x_ptr, s_ptr, cw_ptr, cb_ptr, w_ptr, u_ptr, acc_ptr, DIM,
     store_window(base, window, offs_k[None, :], md[:, None], K, s_sk)
 
     if QUANT:
-        u = _dequant_silu_quant(conv, cb_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val,
-                                us_ptr, us_val, XS_M, WS_M, BS_M, US_M, HAS_BIAS)
+        u = quantize_int8(silu(conv.to(tl.float32) * wsv * xsv + cb), u_scale)
         part = tl.sum(w.to(tl.int32) * u.to(tl.int32)[None, :], axis=1)
     else:
-        if HAS_BIAS:
-            conv += tl.load(cb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-        u = silu(conv).to(u_ptr.dtype.element_ty)
+        u = silu(conv + cb).to(u_ptr.dtype.element_ty)
         part = tl.sum(w.to(tl.float32) * u.to(tl.float32)[None, :], axis=1)
     tl.store(u_ptr + b * s_ub + offs_d, u, mask=md)
     tl.atomic_add(acc_ptr + b * s_ab + offs_r, part, mask=mr, sem="relaxed")
@@ -115,21 +118,26 @@ def _dtproj_state_kernel(
     A = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
     st_offs = b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
     h = tl.load(st_ptr + st_offs, mask=m2, other=0).to(tl.float32)  # written by an earlier step only
+    us = load_scale(us_ptr, us_val, 0, True, US_M)
+    dbcs = load_scale(dbcs_ptr, dbcs_val, 0, True, DBCS_M)
+    dtb = tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32) if HAS_DTB else 0.0
+    Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32) if HAS_D else 0.0
+    if QUANT:
+        dtws = load_scale(dtws_ptr, dtws_val, offs_d, md, DTWS_M)
+        dts = load_scale(dts_ptr, dts_val, 0, True, DTS_M)
+        sst = load_scale(sst_ptr, sst_val, 0, True, SST_M)
+        zs = load_scale(zs_ptr, zs_val, 0, True, ZS_M) if HAS_Z else 1.0
     pdl_sync(USE_PDL)
     x = tl.load(u_ptr + b * s_ub + offs_d * s_ud, mask=md, other=0).to(tl.float32)
 
-    us = load_scale(us_ptr, us_val, 0, True, US_M)
-    dbcs = load_scale(dbcs_ptr, dbcs_val, 0, True, DBCS_M)
     row = b * s_cb
     dtv = _dbc_part(dbc_ptr, row, offs_r, mr, s_cr, us, xws_ptr, xws_val, dbcs, QUANT, XWS_M)
     Bv = _dbc_part(dbc_ptr, row, R + offs_n, mn, s_cr, us, xws_ptr, xws_val, dbcs, QUANT, XWS_M).to(tl.float32)
     Cv = _dbc_part(dbc_ptr, row, R + N + offs_n, mn, s_cr, us, xws_ptr, xws_val, dbcs, QUANT, XWS_M).to(tl.float32)
     if QUANT:
         dt_acc = tl.sum(wdt.to(tl.int32) * dtv.to(tl.int32)[None, :], axis=1)
-        dt_y = dt_acc.to(tl.float32) * dbcs * load_scale(dtws_ptr, dtws_val, offs_d, md, DTWS_M)
-        dts = load_scale(dts_ptr, dts_val, 0, True, DTS_M)
+        dt_y = dt_acc.to(tl.float32) * dbcs * dtws
         dt = quantize_int8(dt_y, dts).to(tl.float32) * dts
-        sst = load_scale(sst_ptr, sst_val, 0, True, SST_M)
         h = h * sst
         x = x * us
         Bv = Bv * dbcs
@@ -137,7 +145,7 @@ def _dtproj_state_kernel(
     else:
         dt = tl.sum(wdt.to(tl.float32) * dtv[None, :], axis=1)
     if HAS_DTB:
-        dt += tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+        dt += dtb
     dt = softplus(dt)
 
     h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv[None, :]
@@ -147,11 +155,11 @@ def _dtproj_state_kernel(
         tl.store(st_ptr + st_offs, h.to(st_ptr.dtype.element_ty), mask=m2)
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
-        y += x * tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+        y += x * Dv
     if HAS_Z:
         zv = tl.load(z_ptr + b * s_zb + offs_d * s_zd, mask=md, other=0).to(tl.float32)
         if QUANT:
-            zv = zv * load_scale(zs_ptr, zs_val, 0, True, ZS_M)
+            zv = zv * zs
         y *= silu(zv)
     tl.store(y_ptr + b * s_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=md)
     if RECYCLE:
