@@ -212,3 +212,11 @@ def test_gated_rms_norm_gpu(d, group, rows):
     with poisoned_outputs():
         y = KN.gated_rms_norm(x, z, w, 1e-5, group)
     assert rel_err(y, R.gated_rms_norm(x, z, w, 1e-5, group)) < 2e-3
+
+
+def test_prefill_tile_plan():
+    """Tiles span >= 8 tokens (only the first reads the initial state) and switch to int64 offsets when
+    a tile's reach overflows int32."""
+    assert KC.prefill_tile(1024, 5120, 10240, 1) == (32, 128, False)
+    assert KC.prefill_tile(3, 20, 20, 1)[0] == 8 and KC.prefill_tile(40, 20, 20, 1)[0] == 32
+    assert KC.prefill_tile(1024, 5120, 2 ** 26, 1)[2] and KC.prefill_tile(64, 2 ** 20, 2 ** 20, 2048)[2]

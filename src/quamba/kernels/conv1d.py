@@ -144,12 +144,13 @@ def check_state(state: Tensor | None, shape: tuple[int, int, int], update: bool)
         raise InvalidArgumentError("update_state needs an initial_state to update")
 
 
-def prefill_tile(L: int, d: int, token_stride: int) -> tuple[int, int, bool]:
-    """``(BLOCK_L, BLOCK_D, OFF64)`` of a prefill conv; ``OFF64`` when a tile's offsets overflow int32.
-    Tiles span >= 8 tokens: only the first reads the initial state (taps K <= 8)."""
+def prefill_tile(L: int, d: int, token_stride: int, channel_stride: int) -> tuple[int, int, bool]:
+    """``(BLOCK_L, BLOCK_D, OFF64)`` of a prefill conv; ``OFF64`` when a tile's offsets (up to ``BLOCK_L``
+    tokens ahead, ``K - 1 <= 7`` behind, any channel) overflow int32. Tiles span >= 8 tokens: only
+    the first reads the initial state (taps K <= 8)."""
     block_l = 32 if L >= 32 else pow2(L, 8)
     block_d = min(128, pow2(d, 16))
-    return block_l, block_d, (block_l + 8) * abs(token_stride) + block_d >= 2 ** 31
+    return block_l, block_d, (block_l + 8) * abs(token_stride) + d * abs(channel_stride) >= 2 ** 31
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
@@ -166,7 +167,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
         return y
     bias_c = bias.reshape(-1).contiguous() if bias is not None else None
     st = initial_state
-    block_l, block_d, off64 = prefill_tile(L, d, x.stride(1))
+    block_l, block_d, off64 = prefill_tile(L, d, x.stride(1), x.stride(2))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_conv_fwd_kernel, grid,
            x, weight, bias_c, st, y, L, d,

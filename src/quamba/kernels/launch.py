@@ -11,10 +11,10 @@ host-bound. ``launch`` keys the compiled kernel on exactly what Triton specializ
   value); bools and None by value; floats by type;
 
 (each pattern of argument types gets its key as one generated expression, so a launch costs no
-per-argument Python calls) and launches a hit through the compiled kernel's own launcher. A miss (or anything unusual: the
-interpreter, launch hooks, an autotuner) goes through ``kernel[grid](...)``, which compiles and
-caches as usual. Results cannot differ from the generic path: the same compiled binary runs with
-the same arguments.
+per-argument Python calls) and launches a hit through the compiled kernel's own launcher. A miss
+(or anything unusual: the interpreter, launch hooks, an autotuner) goes through
+``kernel[grid](...)``, which compiles and caches as usual. Results cannot differ from the generic
+path: the same compiled binary runs with the same arguments.
 """
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
         return y
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
     st = initial_state
-    block_l, block_d, off64 = prefill_tile(L, d, x_q.stride(1))
+    block_l, block_d, off64 = prefill_tile(L, d, x_q.stride(1), x_q.stride(2))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
     launch(_qconv_fwd_kernel, grid,
            x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
