@@ -131,10 +131,22 @@ def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C:
     """``ssd_state_update`` (softplus dt, ``state`` in place), then ``g = y * silu(z)``: returns
     ``g * norm_w`` ``[B, H*P]`` in x.dtype and adds each group's ``sum(g^2)`` into ``ss [B, H*P / group]``."""
     y = R.ssd_state_update(state, x, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit)
+    return _gate_start(y, z.float(), norm_w, group, ss, y.dtype)
+
+
+def _gate_start(y: Tensor, z: Tensor, norm_w: Tensor, group: int, ss: Tensor, dtype: torch.dtype) -> Tensor:
+    """First half of the gated RMSNorm: ``g = y * silu(z)`` (fp32), each group's ``sum(g^2)`` added into
+    ``ss``; returns ``g * norm_w`` in ``dtype``."""
     b = y.shape[0]
-    g = y.reshape(b, -1).float() * F.silu(z.float())
+    g = y.reshape(b, -1).float() * F.silu(z)
     ss.add_(g.pow(2).reshape(b, -1, group).sum(-1))
-    return (g * norm_w.float()).to(y.dtype)
+    return (g * norm_w.float()).to(dtype)
+
+
+def _group_rms(gw: Tensor, ss: Tensor, group: int, eps: float) -> Tensor:
+    """Second half: ``gw`` (fp32) with each group of ``group`` columns scaled by ``rsqrt(ss / group + eps)``."""
+    b, k = gw.shape
+    return (gw.float().reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
 
 
 def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Tensor, bias: Tensor | None = None,
@@ -143,10 +155,7 @@ def rms_linear(gw: Tensor, ss: Tensor | None, group: int, eps: float, weight: Te
     (the gated RMSNorm finished from ``ssd_gate_step``'s sums, or a block's RMSNorm from
     ``linear_add_norm``'s with ``group = K``); fp32 math, result in ``out_dtype`` (default gw.dtype).
     ``ss`` None: no scaling. ``zero`` (a scratch tensor) is zeroed."""
-    b, k = gw.shape
-    x = gw.float()
-    if ss is not None:
-        x = (x.reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
+    x = _group_rms(gw, ss, group, eps) if ss is not None else gw.float()
     y = F.linear(x, weight.float(), bias.float() if bias is not None else None).to(out_dtype or gw.dtype)
     if zero is not None:
         zero.zero_()
@@ -175,15 +184,10 @@ def qssd_gate_step(state: Tensor, state_scale: Scale, x_q: Tensor, x_scale: Scal
     ``sum(g^2)`` into ``ss``. The decode step zeroes ``ss`` in ``qcausal_conv1d_update`` (its ``zero``)."""
     y = Q.qssd_state_update(state, state_scale, x_q, x_scale, dt_q, dt_scale, A, B_q, B_scale, C_q, C_scale, D,
                             dt_bias, dt_limit=dt_limit, out_dtype=out_dtype)
-    b = y.shape[0]
-    g = y.reshape(b, -1).float() * F.silu(Q.dequantize(z_q, z_scale))
-    ss.add_(g.pow(2).reshape(b, -1, group).sum(-1))
-    return (g * norm_w.float()).to(out_dtype)
+    return _gate_start(y, Q.dequantize(z_q, z_scale), norm_w, group, ss, out_dtype)
 
 
 def rms_hadamard_quant(gw: Tensor, ss: Tensor, group: int, eps: float, out_scale: Scale) -> Tensor:
     """The gated RMSNorm finished from ``qssd_gate_step``'s sums (``gw`` scaled by ``rsqrt(ss / group + eps)``
     per group, fp32), then ``hadamard_quant``: the int8 input of a W8A8 ``out_proj`` with a Hadamard input."""
-    b, k = gw.shape
-    x = (gw.float().reshape(b, -1, group) * torch.rsqrt(ss.float() / group + eps)[..., None]).reshape(b, k)
-    return Q.hadamard_quant(x, out_scale)
+    return Q.hadamard_quant(_group_rms(gw, ss, group, eps), out_scale)
