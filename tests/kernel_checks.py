@@ -1,9 +1,16 @@
-"""Checks shared by the kernel tests: poisoned allocations and the relative error."""
+"""Shared by the kernel tests: the test device, random inputs, poisoned allocations and the relative error."""
 from __future__ import annotations
 
 from contextlib import contextmanager
 
 import torch
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rnd(*shape, dtype=torch.float32, scale=1.0, shift=0.0):
+    """Fresh normal values on ``DEV``: ``randn * scale + shift`` in ``dtype``."""
+    return (torch.randn(*shape, device=DEV) * scale + shift).to(dtype)
 
 
 @contextmanager

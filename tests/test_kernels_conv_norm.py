@@ -16,9 +16,8 @@ from quamba.kernels import conv1d as KC
 from quamba.kernels import norm as KN
 from quamba.ops import reference as R
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
 
 

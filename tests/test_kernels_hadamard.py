@@ -11,7 +11,7 @@ from quamba.kernels import hadamard as K
 from quamba.ops import qreference as Q
 from quamba.quantization.hadamard import hadamard_matrix, hadamard_transform
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+from kernel_checks import DEV
 
 
 @pytest.fixture

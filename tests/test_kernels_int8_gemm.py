@@ -8,7 +8,7 @@ from quamba.errors import InvalidArgumentError
 from quamba.kernels import int8_gemm as G
 from quamba.ops import qreference as Q
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+from kernel_checks import DEV
 
 
 @pytest.fixture

@@ -23,11 +23,10 @@ from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 from quamba.qmodules import QMamba1Mixer
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
 
 torch.set_grad_enabled(False)
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
 MAX_OFF_BY_ONE = 1e-3
 STEPS = 3
@@ -40,9 +39,6 @@ def assert_int8_close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert diff.max().item() <= 1
     assert (diff > 0).sum().item() <= max(2, MAX_OFF_BY_ONE * a.numel())
 
-
-def rnd(*shape, dtype=torch.float32, scale=1.0, shift=0.0):
-    return (torch.randn(*shape, device=DEV) * scale + shift).to(dtype)
 
 
 def q8(*shape):

@@ -17,17 +17,13 @@ from quamba.models.mixers import Mamba2Mixer
 from quamba.ops import fused_reference as FR
 from quamba.ops import reference as R
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
 
 torch.set_grad_enabled(False)
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 STEPS = 3
 
-
-def rnd(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
 
 
 def _in_proj_case(m, k, d_inner, conv_dim, heads, kc, dtype, bias):

@@ -19,17 +19,13 @@ from quamba.models import MambaLM, init_random_weights
 from quamba.ops import fused_reference as FR
 from quamba.ops import reference as R
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
 
 torch.set_grad_enabled(False)
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 STEPS = 3
 
-
-def rnd(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 40, 24), (3, 72, 37), (2, 160, 96)])

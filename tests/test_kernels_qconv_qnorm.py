@@ -20,9 +20,8 @@ from quamba.kernels._small_common import quantize_int8, quantize_int8_bulk, roun
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 MAX_OFF_BY_ONE = 1e-3
 
 

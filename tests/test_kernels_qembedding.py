@@ -8,7 +8,7 @@ from quamba.errors import InvalidArgumentError
 from quamba.kernels import qembedding as K
 from quamba.ops import qreference as Q
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
+from kernel_checks import DEV
 
 
 @pytest.fixture

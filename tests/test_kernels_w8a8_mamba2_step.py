@@ -20,15 +20,11 @@ from quamba.models import MambaLM, init_random_weights
 from quamba.ops import fused_reference as FR
 from quamba.ops import qreference as Q
 
-from kernel_checks import poisoned_outputs, rel_err
+from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
 
 torch.set_grad_enabled(False)
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def rnd(*shape, dtype=torch.float32, scale=1.0):
-    return (torch.randn(*shape, device=DEV) * scale).to(dtype)
 
 
 def q8(*shape):
