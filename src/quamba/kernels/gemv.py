@@ -28,6 +28,14 @@ MAX_M = 8
 
 
 @triton.jit
+def gemv_rows(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(rn, rm, n_ok, m_ok)``: the output rows (weight rows) of this program and the activation rows."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    return rn, rm, rn < N, rm < M
+
+
+@triton.jit
 def _x_tile(x_ptr, rm, m_ok, k0, rk, k_ok, stride_xm, ACC: tl.constexpr, ss_ptr, s_ssm, eps,
             RMS: tl.constexpr, GROUP: tl.constexpr):
     """Activation columns ``rk`` (from ``k0``) of rows ``rm`` in ``ACC``. ``RMS`` finishes an RMSNorm from
@@ -94,11 +102,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ss_ptr, res_ptr, nw_ptr, ss2_ptr, z
                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  RMS: tl.constexpr, GROUP: tl.constexpr, ADD_NORM: tl.constexpr, BLOCK_Z: tl.constexpr,
                  USE_PDL: tl.constexpr):
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
-    n_ok = rn < N
-    m_ok = rm < M
+    rn, rm, n_ok, m_ok = gemv_rows(M, N, BLOCK_M, BLOCK_N)
     y = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, ss_ptr, s_ssm, eps, tl.float32,
                   BLOCK_K, RMS, GROUP, USE_PDL)
     if HAS_BIAS:
@@ -235,11 +239,7 @@ def _int8_gemv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_p
                       XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """Int8 twin of ``_gemv_kernel``: exact int32 accumulation, then the shared int8 epilogue."""
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
-    n_ok = rn < N
-    m_ok = rm < M
+    rn, rm, n_ok, m_ok = gemv_rows(M, N, BLOCK_M, BLOCK_N)
     acc = _row_dots(x_ptr, w_ptr, rm, rn, m_ok, n_ok, K, stride_xm, stride_wn, x_ptr, 0, 0.0, tl.int32,
                     BLOCK_K, 0, 1, USE_PDL)
     _epilogue(acc, rm[:, None], rn[None, :], M, N, out_ptr, stride_om,

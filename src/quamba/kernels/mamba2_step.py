@@ -24,7 +24,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ._small_common import channel_vector, old_taps, per_tensor_scale_arg, pow2, push_tap, silu, store_window
 from ..ops import fused_reference as FR
-from .gemv import MAX_M, _row_dots, check_rms, decode_tiles, gemv, rms_plan, scratch_plan, zero_scratch
+from .gemv import MAX_M, _row_dots, check_rms, decode_tiles, gemv, gemv_rows, rms_plan, scratch_plan, zero_scratch
 from .launch import cdiv, launch
 from .pdl import pdl_args
 from .state_update import _FP_SCALES, _NO_LIMIT, _ssd
@@ -39,11 +39,7 @@ def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero
                          HAS_BIAS: tl.constexpr, HAS_CB: tl.constexpr, KC: tl.constexpr, KCP: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          RMS: tl.constexpr, GROUP: tl.constexpr, BLOCK_Z: tl.constexpr, USE_PDL: tl.constexpr):
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
-    n_ok = rn < N
-    m_ok = rm < M
+    rn, rm, n_ok, m_ok = gemv_rows(M, N, BLOCK_M, BLOCK_N)
     c = rn - C0
     c_ok = (c >= 0) & (c < C) & n_ok
     rk = tl.arange(0, KCP)
@@ -59,7 +55,7 @@ def _in_proj_conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, cw_ptr, cb_ptr, zero
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = acc.to(y_ptr.dtype.element_ty)
-    first = pid * BLOCK_N
+    first = tl.program_id(0) * BLOCK_N
     if (first < C0 + C) & (first + BLOCK_N > C0):
         window = push_tap(taps, y[:, :, None], rk[None, None, :], KC)
         conv = tl.sum(window.to(tl.float32) * cw[None, :, :], axis=2)
