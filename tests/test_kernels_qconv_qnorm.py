@@ -85,20 +85,30 @@ def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexp
         tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
 
 
-@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
-@pytest.mark.parametrize("bulk", [False, True])
-def test_quantize_matches_ieee_division_at_ties(scale, bulk):
-    """Quotients at and a few ulps around every rounding tie, per-column scales: the division path, and
-    the bulk path's reciprocal with its near-tie fallback, must equal ``torch.round(x / s)`` exactly."""
-    cols = 24
+def _check_ties(scale: float, bulk: bool, cols: int, br: int, bc: int) -> None:
     s = torch.full((cols,), scale, device=DEV) * (1 + 0.01 * torch.arange(cols, device=DEV))
     k = torch.arange(-140, 140, device=DEV, dtype=torch.float32) + 0.5
     x = (k[:, None] * s[None, :])
     nudged = [x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), torch.randn(64, cols, device=DEV) * 60 * s]
     x = torch.cat(nudged).contiguous()
     q = torch.empty(x.shape, device=DEV, dtype=torch.int8)
-    _quant2d_kernel[(triton.cdiv(x.shape[0], 64),)](x, s, q, x.shape[0], cols, BR=64, BC=32, BULK=bulk)
+    _quant2d_kernel[(triton.cdiv(x.shape[0], br),)](x, s, q, x.shape[0], cols, BR=br, BC=bc, BULK=bulk)
     assert torch.equal(q, Q.quantize(x, s))
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
+@pytest.mark.parametrize("bulk", [False, True])
+def test_quantize_matches_ieee_division_at_ties(scale, bulk):
+    """Quotients at and a few ulps around every rounding tie, per-column scales: the division path, and
+    the bulk path's reciprocal with its near-tie fallback, must equal ``torch.round(x / s)`` exactly."""
+    _check_ties(scale, bulk, 24, 64, 32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
+def test_quantize_bulk_prefill_tile_gpu(scale):
+    """The bulk path in 128 x 128 blocks (a GEMM tile), where the near-tie division is predicated per element."""
+    _check_ties(scale, True, 128, 128, 128)
 
 
 # ---------------------------------------------------------------- conv1d

@@ -14,9 +14,10 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
-from .launch import next_pow2
+from .launch import interpreting, next_pow2
 
 SCALAR, SCALAR_PTR, PER_CHANNEL = 0, 1, 2
+ON_GPU = tl.constexpr(not interpreting())  # inline PTX where the kernels are compiled, not interpreted
 
 
 def scale_arg(scale, channels: int, name: str) -> tuple[torch.Tensor | None, float, int]:
@@ -92,19 +93,30 @@ def quantize_int8(y, scale):
 
 
 @triton.jit
+def _q8_where(y, s, r, near):
+    """int8 code of ``near ? div_rn(y, s) : r`` (rounded half to even and saturated by one ``cvt.rni.sat``):
+    the IEEE division is predicated, so only threads holding a near-tie run it (a warp, when any lane does)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .f32 v; setp.ne.s32 p, $3, 0; mov.b32 v, $4; @p div.rn.f32 v, $1, $2; "
+        "cvt.rni.sat.s8.f32 $0, v; }",
+        "=r,r,r,r,r", [y, s, near.to(tl.int32), r], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
 def quantize_int8_bulk(y, scale):
     """``quantize_int8`` for large blocks (prefill epilogues), with the same results.
 
-    The quotient comes from a multiply by ``1 / scale`` (a few ulps from the IEEE one, much cheaper
-    than ``div_rn`` per element); a block holding a quotient within ~8 ulps of a rounding tie, where
-    the two could round apart, redoes those elements with the IEEE division. The block-wide test is a
-    reduction, which costs latency: the one-token decode kernels use ``quantize_int8``.
+    The quotient ``r`` comes from a multiply by ``1 / scale`` (within ~4 ulps of the IEEE one, much cheaper
+    than ``div_rn`` per element). Where ``r`` is within ``2e-4`` of a rounding tie (wider than those ulps
+    below the saturation point, past which the result no longer depends on the rounding) the IEEE division
+    decides; on the GPU it is predicated per element, under the interpreter done for the whole block.
     """
-    r = tl.minimum(tl.maximum(y * (1.0 / scale), -130.0), 130.0)
-    q = _round_clamped(r)
-    near = tl.abs(tl.abs(r - q) - 0.5) <= tl.abs(r) * 1e-6 + 1e-6
-    if tl.max(near.to(tl.int32)) > 0:
-        q = tl.where(near, _round_clamped(tl.div_rn(y, scale + tl.zeros_like(y))), q)
+    r = y * (1.0 / scale)
+    near = tl.abs((r - tl.floor(r)) - 0.5) <= 2e-4
+    sf = scale + tl.zeros_like(y)
+    if ON_GPU:
+        return _q8_where(y, sf, r, near).to(tl.int8)
+    q = _round_clamped(tl.where(near, tl.div_rn(y, sf), r))
     return _saturate_int8(q)
 
 
