@@ -70,7 +70,7 @@ def bench_linear(name: str, m: int, n: int, k: int, with_ref: bool) -> dict:
         row["int8_TOPS"] = 2 * m * n * k / t / 1e12
         row["fp16_TFLOPS"] = 2 * m * n * k / (row["fp16_cublas_ms"] / 1e3) / 1e12
         row["vs_fp16"] = row["int8_fp16out_ms"] / row["fp16_cublas_ms"]
-        cfg = G._TUNED.get((min(triton.next_power_of_2(m), 4096), n, k, x.device))
+        cfg = G._TUNED.get(G.tune_key(m, n, k, x.device, False))
         row["config"] = str(cfg) if cfg is not None else None
     return row
 

@@ -106,12 +106,28 @@ def test_gemv_plans(plan, poisoned):
 @pytest.mark.parametrize("m,n,k,split,bk", [(40, 24, 200, 3, 32), (17, 50, 130, 4, 32), (33, 16, 64, 2, 16)])
 @pytest.mark.parametrize("out_scale", [None, 0.5])
 def test_split_k_gemm_is_exact(m, n, k, split, bk, out_scale, poisoned):
-    """K split across programs (integer atomics into a workspace, the last program's epilogue)."""
+    """K split across programs (per-split int32 planes, the last program's epilogue), twice in a row: the
+    tile counters are kept between launches, each reset by the program that finished its tile."""
+    for _ in range(2):
+        x, w = _int8(m, k), _int8(n, k)
+        out = torch.empty(m, n, dtype=torch.int8 if out_scale else torch.float16, device=DEV)
+        ep = G.epilogue_args(0.01, 0.02, None, out_scale, m, n, out)
+        G.launch_gemm(x, w, out, ep, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, GROUP_M=2, num_stages=1, num_warps=4,
+                                          SPLIT_K=split))
+        assert torch.equal(out, Q.int8_linear(x, w, 0.01, 0.02, out_scale=out_scale))
+    assert not G.split_counters(x.device, 1).any()
+
+
+@pytest.mark.parametrize("m,n,k,progs", [(40, 50, 200, 1), (17, 72, 130, 2), (64, 16, 64, 3)])
+@pytest.mark.parametrize("out_scale", [None, 0.5])
+def test_persistent_gemm_is_exact(m, n, k, progs, out_scale, poisoned, monkeypatch):
+    """Fewer programs than output tiles, each taking every ``progs``-th tile (odd sizes: masked edges)."""
+    monkeypatch.setattr(G, "num_sms", lambda device: progs)
     x, w = _int8(m, k), _int8(n, k)
     out = torch.empty(m, n, dtype=torch.int8 if out_scale else torch.float16, device=DEV)
     ep = G.epilogue_args(0.01, 0.02, None, out_scale, m, n, out)
-    G.launch_gemm(x, w, out, ep, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, GROUP_M=2, num_stages=1, num_warps=4,
-                                      SPLIT_K=split))
+    G.launch_gemm(x, w, out, ep, dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_stages=1, num_warps=4,
+                                      SPLIT_K=1, PERSIST=1))
     assert torch.equal(out, Q.int8_linear(x, w, 0.01, 0.02, out_scale=out_scale))
 
 
@@ -121,6 +137,7 @@ def test_gemm_split_only_when_tiles_are_few():
     assert 4 <= split <= 80 // 2 and 16 * split >= 132
     assert all(c["SPLIT_K"] >= 1 for c in G.gemm_configs(1024, 192, 5120, 132))
     assert all(c["BLOCK_M"] <= 32 for c in G.gemm_configs(20, 192, 5120, 132))
+    assert any(c.get("PERSIST") for c in G.gemm_configs(1024, 10240, 2560, 132))
 
 
 def test_gemv_plan_fills_the_gpu():
@@ -164,6 +181,22 @@ def test_real_shapes_gpu(name, m):
     os_ = ref.abs().amax(0) / 127 + 1e-6
     _assert_int8_close(G.int8_linear(x, w, xs, ws, bias, out_scale=os_), Q.int8_linear(x, w, xs, ws, bias,
                                                                                          out_scale=os_))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("persist", [1, 2])
+@pytest.mark.parametrize("m", [1000, 1024])
+def test_persistent_gemm_real_shape_gpu(m, persist):
+    n, k = MAMBA_SHAPES["mamba-2.8b in_proj"]
+    x, w = _int8(m, k), _int8(n, k)
+    cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_stages=3, num_warps=4, SPLIT_K=1,
+               PERSIST=persist)
+    out = torch.empty(m, n, dtype=torch.float32, device=DEV)
+    G.launch_gemm(x, w, out, G.epilogue_args(1.0, 1.0, None, None, m, n, out), cfg)
+    assert torch.equal(out, (x.double() @ w.double().t()).float())
+    out8 = torch.empty(m, n, dtype=torch.int8, device=DEV)
+    G.launch_gemm(x, w, out8, G.epilogue_args(0.01, 0.02, None, 40.0, m, n, out8), cfg)
+    assert torch.equal(out8, Q.int8_linear(x, w, 0.01, 0.02, out_scale=40.0))
 
 
 def test_dispatch_routes_to_the_kernel(monkeypatch):

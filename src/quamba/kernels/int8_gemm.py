@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from ._small_common import quantize_int8, quantize_int8_bulk
-from .launch import cdiv, interpreting, launch, next_pow2
+from .launch import cdiv, current_stream, interpreting, launch, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -79,6 +79,23 @@ def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
 
 
 @triton.jit
+def _tile_epilogue(acc, m0, n0, M, N, out_ptr, stride_om, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                   XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``_epilogue`` of the prefill tile at rows ``m0..`` and columns ``n0..``, addressed as int32 offsets
+    from the tile's corner (a 64-bit address per element would hold two registers each)."""
+    if XS_MODE == 2:
+        xs_ptr += m0
+    if WS_MODE == 2:
+        ws_ptr += n0
+    if OS_MODE == 2:
+        os_ptr += n0
+    _epilogue(acc, tl.arange(0, BLOCK_M)[:, None], tl.arange(0, BLOCK_N)[None, :], M - m0, N - n0,
+              out_ptr + m0.to(tl.int64) * stride_om + n0, stride_om, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr + n0,
+              os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
+
+
+@triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """``(pid_m, pid_n)`` of program ``pid`` in grouped order: ``GROUP_M`` row tiles sweep the columns
     together, so the weight tiles they share stay in L2."""
@@ -91,30 +108,13 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 
 @triton.jit
-def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-                 M, N, K, stride_xm, stride_wn, stride_om, k_per_split,
-                 XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
-                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
-    """One ``BLOCK_M x BLOCK_N`` output tile over the K range ``program_id(1)`` owns.
-
-    With ``SPLIT_K > 1`` each program stores its int32 partial sums in its plane of ``part``
-    (``[SPLIT_K, M, N]``) and counts itself in on the tile's zeroed counter ``cnt``; the last one sums
-    the planes (exact: integers) and runs the epilogue. (Atomic adds into one plane were slower: one
-    L2 atomic per output element per split.)
-    """
-    pid = tl.program_id(0)
-    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    k_lo = tl.program_id(1) * k_per_split
-    k_len = tl.minimum(k_per_split, K - k_lo)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+def _tile_dot(x_ptr, w_ptr, offs_m, offs_n, k_lo, k_len, M, N, stride_xm, stride_wn,
+              EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 ``x[offs_m, k] @ w[offs_n, k]^T`` over ``k_lo <= k < k_lo + k_len`` (rows and columns past
+    the ends wrap around; the epilogue masks them)."""
     offs_k = tl.arange(0, BLOCK_K)
-    rm = offs_m % M
-    rn = offs_n % N
-    a_ptrs = x_ptr + rm[:, None] * stride_xm + (k_lo + offs_k)[None, :]
-    b_ptrs = w_ptr + rn[None, :] * stride_wn + (k_lo + offs_k)[:, None]
+    a_ptrs = x_ptr + (offs_m % M)[:, None] * stride_xm + (k_lo + offs_k)[None, :]
+    b_ptrs = w_ptr + (offs_n % N)[None, :] * stride_wn + (k_lo + offs_k)[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(0, tl.cdiv(k_len, BLOCK_K)):
         if EVEN_K:
@@ -127,12 +127,37 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    rows = offs_m[:, None]
-    cols = offs_n[None, :]
+    return acc
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                 M, N, K, stride_xm, stride_wn, stride_om, k_per_split,
+                 XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    """One ``BLOCK_M x BLOCK_N`` output tile over the K range ``program_id(1)`` owns.
+
+    With ``SPLIT_K > 1`` each program stores its int32 partial sums in its plane of ``part``
+    (``[SPLIT_K, M, N]``) and counts itself in on the tile's counter ``cnt``; the last one sums
+    the planes (exact: integers), runs the epilogue and sets the counter back to zero, so the
+    counters can serve the next launch. (Atomic adds into one plane were slower: one L2 atomic per
+    output element per split.)
+    """
+    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    k_lo = tl.program_id(1) * k_per_split
+    k_len = tl.minimum(k_per_split, K - k_lo)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = _tile_dot(x_ptr, w_ptr, offs_m, offs_n, k_lo, k_len, M, N, stride_xm, stride_wn,
+                    EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
     if SPLIT_K == 1:
-        _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
-                  xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
+        _tile_epilogue(acc, pid_m * BLOCK_M, pid_n * BLOCK_N, M, N, out_ptr, stride_om, xs_ptr, xs_val, ws_ptr,
+                       ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, BLOCK_M, BLOCK_N)
     else:
+        rows = offs_m[:, None]
+        cols = offs_n[None, :]
         ok = (rows < M) & (cols < N)
         part = part_ptr + rows * N + cols
         plane = M * N
@@ -144,6 +169,28 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
                 total += tl.load(part + s * plane, mask=ok, other=0, cache_modifier=".cg")
             _epilogue(total, rows, cols, M, N, out_ptr, stride_om,
                       xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
+            tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed")
+
+
+@triton.jit
+def _gemm_persistent_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                            M, N, K, stride_xm, stride_wn, stride_om,
+                            XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            OS_MODE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                            NUM_PROGS: tl.constexpr):
+    """``_gemm_kernel`` (no K split) as ``NUM_PROGS`` resident programs that take the output tiles in
+    turn: no tail wave of a few tiles, and the loop over tiles is flattened into the K loop so the
+    next tile's loads are issued during this tile's epilogue."""
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), tiles, NUM_PROGS, flatten=True):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = _tile_dot(x_ptr, w_ptr, offs_m, offs_n, 0, K, M, N, stride_xm, stride_wn,
+                        EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+        _tile_epilogue(acc, pid_m * BLOCK_M, pid_n * BLOCK_N, M, N, out_ptr, stride_om, xs_ptr, xs_val, ws_ptr,
+                       ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, BLOCK_M, BLOCK_N)
 
 
 # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: the H200 sweep's winners (benchmarks/int8_gemm_sweep.py) at the
@@ -166,19 +213,24 @@ def gemm_split(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int,
 
 
 def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
-    """Candidate launch configs (tile, stages, warps, K split) for an ``[m, k] x [n, k]`` GEMM."""
+    """Candidate launch configs (tile, stages, warps, K split) for an ``[m, k] x [n, k]`` GEMM; where the
+    tiles make more than one wave, each tile also as a persistent kernel of one or two programs per SM
+    (``PERSIST``)."""
     bucket = min(next_pow2(m), 4096)
     out = []
     for bm, bn, bk, stages, warps in GEMM_TILES:
         if bm > max(bucket, 16):
             continue
-        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
-                        SPLIT_K=gemm_split(m, n, k, bm, bn, bk, sms)))
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
+                   SPLIT_K=gemm_split(m, n, k, bm, bn, bk, sms))
+        out.append(cfg)
+        if cfg["SPLIT_K"] == 1 and cdiv(m, bm) * cdiv(n, bn) > sms:
+            out += [dict(cfg, PERSIST=p) for p in (1, 2)]
     return out or [dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "num_warps"), GEMM_TILES[-1]),
                         GROUP_M=8, SPLIT_K=1)]
 
 
-# (M bucket, N, K, device) -> the fastest config of ``gemm_configs``, timed once on first use.
+# ``tune_key`` -> the fastest config of ``gemm_configs``, timed once on first use.
 _TUNED: dict[tuple, dict] = {}
 
 
@@ -322,19 +374,25 @@ def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
     """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps, optional SPLIT_K) skips tuning.
 
-    Without one, the candidates of ``gemm_configs`` are timed on the first call of each (M bucket,
-    N, K) and the fastest is kept (the first call must therefore run eagerly, not under capture).
+    Without one, the candidates of ``gemm_configs`` are timed on the first call of each ``tune_key``
+    and the fastest is kept (the first call must therefore run eagerly, not under capture).
     """
     m, k = x.shape
     n = w.shape[0]
     if config is None and interpreting():
         config = _INTERPRETER_TILE
     if config is None:
-        key = (min(next_pow2(m), 4096), n, k, x.device)
+        key = tune_key(m, n, k, x.device, ep["OS_MODE"] != 3)
         config = _TUNED.get(key)
         if config is None:
             config = _TUNED[key] = _tune(x, w, out, ep)
     _run_gemm(x, w, out, ep, config)
+
+
+def tune_key(m: int, n: int, k: int, device: torch.device, int8_out: bool) -> tuple:
+    """The ``_TUNED`` entry of a GEMM: M bucket, N, K, device and the epilogue kind (requantizing to int8
+    costs registers, so its best tile can differ from the float-output one)."""
+    return min(next_pow2(m), 4096), n, k, device, int8_out
 
 
 def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None:
@@ -342,17 +400,38 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
     n = w.shape[0]
     cfg = dict(config)
     split = cfg.pop("SPLIT_K", 1)
+    persist = cfg.pop("PERSIST", 0)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = cdiv(m, bm) * cdiv(n, bn)
+    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"],
+                 EVEN_K=k % bk == 0)
+    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
+    if persist:
+        progs = min(tiles, persist * num_sms(x.device))
+        launch(_gemm_persistent_kernel, (progs,), x, w, out, *scales, m, n, k, x.stride(0), w.stride(0),
+               out.stride(0), **flags, NUM_PROGS=progs, **cfg)
+        return
     k_blocks = cdiv(k, bk)
     per = cdiv(k_blocks, split) * bk
     split = cdiv(k, per)
-    tiles = cdiv(m, bm) * cdiv(n, bn)
     part = torch.empty(split * m * n, dtype=torch.int32, device=x.device) if split > 1 else out
-    cnt = torch.zeros(tiles, dtype=torch.int32, device=x.device) if split > 1 else out
-    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"],
-           ep["b_ptr"], ep["os_ptr"], ep["os_val"], m, n, k, x.stride(0), w.stride(0), out.stride(0), per,
-           XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"],
-           EVEN_K=k % bk == 0, SPLIT_K=split, **cfg)
+    cnt = split_counters(x.device, tiles) if split > 1 else out
+    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *scales, m, n, k, x.stride(0), w.stride(0),
+           out.stride(0), per, **flags, SPLIT_K=split, **cfg)
+
+
+_COUNTERS: dict[tuple, Tensor] = {}
+
+
+def split_counters(device: torch.device, n: int) -> Tensor:
+    """Zeroed int32 tile counters of the split-K GEMM on ``device``'s current stream, kept between calls:
+    the last program of each tile sets its counter back to zero, so no launch has to clear them (the
+    stream orders the GEMMs that share them)."""
+    key = (device, current_stream(device))
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return buf
 
 
 def _tune(x: Tensor, w: Tensor, out: Tensor, ep: dict) -> dict:

@@ -60,6 +60,13 @@ def next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length() if n > 1 else 1
 
 
+def current_stream(device: torch.device) -> int:
+    """The raw handle of ``device``'s current CUDA stream (0 for a CPU device)."""
+    if device.type != "cuda" or _raw_stream is None:
+        return 0
+    return _raw_stream(device.index if device.index is not None else _current_device())
+
+
 def _signature(kernel) -> tuple[tuple[str, ...], tuple[bool, ...], frozenset[str]]:
     sig = _params.get(id(kernel))
     if sig is None:
