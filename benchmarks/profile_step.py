@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from quamba.bench import cuda_time_ms
@@ -73,6 +74,22 @@ def main() -> None:
                   f"summed GPU kernel time {gpu_ms:.3f} ms per call")
             print(_table(prof, "self_cuda_time_total", args.rows))
             print(_table(prof, "cpu_time_total", 12))
+            if name == "prefill":
+                print(layer_sequence(prof, model.config.n_layer // 2))
+
+
+def layer_sequence(prof, layer: int) -> str:
+    """The GPU kernels of one block of a prefill in launch order, each with its duration (the block
+    starts at its norm kernel), so the GEMMs of one shape can be told apart."""
+    kernels = sorted((e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    starts = [i for i, e in enumerate(kernels) if "rms_norm" in e.name]
+    if len(starts) <= layer + 1:
+        return "(no block boundaries found)"
+    lines = [f"block {layer} in launch order:"]
+    for e in kernels[starts[layer]:starts[layer + 1]]:
+        lines.append(f"  {e.time_range.elapsed_us():8.1f} us  {e.name[:90]}")
+    return "\n".join(lines)
 
 
 def graph_steps(model, args, reps: int = 20) -> None:
