@@ -16,7 +16,7 @@ from quamba import ops
 from quamba.errors import InvalidArgumentError
 from quamba.kernels import qconv1d as KQC
 from quamba.kernels import qnorm as KQN
-from quamba.kernels._small_common import quantize_int8, quantize_int8_bulk, round_half_even
+from quamba.kernels._small_common import quantize_int8, round_half_even
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
@@ -73,42 +73,42 @@ def test_round_half_even_and_saturation():
 
 
 @triton.jit
-def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr, BULK: tl.constexpr):
+def _quant2d_kernel(x_ptr, s_ptr, q_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
     cols = tl.arange(0, BC)[None, :]
     m = (rows < R) & (cols < C)
     x = tl.load(x_ptr + rows * C + cols, mask=m, other=0.0)
     s = tl.load(s_ptr + cols, mask=cols < C, other=1.0)
-    if BULK:
-        tl.store(q_ptr + rows * C + cols, quantize_int8_bulk(x, s), mask=m)
-    else:
-        tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
+    tl.store(q_ptr + rows * C + cols, quantize_int8(x, s), mask=m)
 
 
-def _check_ties(scale: float, bulk: bool, cols: int, br: int, bc: int) -> None:
+def _check_ties(scale: float, cols: int, br: int, bc: int) -> None:
     s = torch.full((cols,), scale, device=DEV) * (1 + 0.01 * torch.arange(cols, device=DEV))
     k = torch.arange(-140, 140, device=DEV, dtype=torch.float32) + 0.5
     x = (k[:, None] * s[None, :])
-    nudged = [x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), torch.randn(64, cols, device=DEV) * 60 * s]
-    x = torch.cat(nudged).contiguous()
+    steps = [x]
+    for _ in range(3):
+        steps = [torch.nextafter(steps[0], steps[0] - 1)] + steps + [torch.nextafter(steps[-1], steps[-1] + 1)]
+    wide = torch.randn(64, cols, device=DEV) * 60 * s
+    huge = torch.tensor([3e38, -3e38, 1e-40, -1e-40, 0.0, -0.0], device=DEV)[:, None] * torch.ones_like(s)
+    x = torch.cat(steps + [wide, huge]).contiguous()
     q = torch.empty(x.shape, device=DEV, dtype=torch.int8)
-    _quant2d_kernel[(triton.cdiv(x.shape[0], br),)](x, s, q, x.shape[0], cols, BR=br, BC=bc, BULK=bulk)
+    _quant2d_kernel[(triton.cdiv(x.shape[0], br),)](x, s, q, x.shape[0], cols, BR=br, BC=bc)
     assert torch.equal(q, Q.quantize(x, s))
 
 
-@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
-@pytest.mark.parametrize("bulk", [False, True])
-def test_quantize_matches_ieee_division_at_ties(scale, bulk):
-    """Quotients at and a few ulps around every rounding tie, per-column scales: the division path, and
-    the bulk path's reciprocal with its near-tie fallback, must equal ``torch.round(x / s)`` exactly."""
-    _check_ties(scale, bulk, 24, 64, 32)
+@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0, 1e-8])
+def test_quantize_matches_ieee_division_at_ties(scale):
+    """Quotients at and up to three ulps around every rounding tie, per-column scales, saturating and tiny
+    values: the kernel quantization must equal ``torch.round(x / s)`` + clamp exactly."""
+    _check_ties(scale, 24, 64, 32)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0])
-def test_quantize_bulk_prefill_tile_gpu(scale):
-    """The bulk path in 128 x 128 blocks (a GEMM tile), where the near-tie division is predicated per element."""
-    _check_ties(scale, True, 128, 128, 128)
+@pytest.mark.parametrize("scale", [0.1, 0.0137, 3.3e-3, 7.0, 1e-8])
+def test_quantize_prefill_tile_gpu(scale):
+    """The same in 128 x 128 blocks (a prefill GEMM tile)."""
+    _check_ties(scale, 128, 128, 128)
 
 
 # ---------------------------------------------------------------- conv1d

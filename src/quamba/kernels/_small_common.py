@@ -2,9 +2,9 @@
 
 - scale arguments: a scale arrives as a Python float, a one-element tensor or a per-channel tensor;
   ``scale_arg`` turns it into (pointer, value, mode) so one kernel serves all three without host syncs;
-- exact int8 quantization (``torch.round(y / s)`` + clamp): the IEEE division (``div_rn``), or for big
-  prefill blocks a reciprocal multiply with the division redone only in blocks holding a near-tie;
-  round-half-to-even by the 1.5 * 2**23 trick (libdevice ``rint`` has no interpreter implementation);
+- exact int8 quantization (``torch.round(y / s)`` + clamp): on the GPU a reciprocal multiply corrected
+  by one fused residual step (the IEEE quotient without a division) and one ``cvt.rni.sat``; under the
+  interpreter ``div_rn`` and round-half-to-even by the 1.5 * 2**23 trick;
 - fp32 activations (SiLU, softplus with an accurate log1p) written with core ``tl`` ops only.
 """
 from __future__ import annotations
@@ -87,37 +87,27 @@ def _saturate_int8(q):
 
 
 @triton.jit
+def _rni_sat(q):
+    """Round half to even and saturate to int8 in one ``cvt.rni.sat`` (NaN gives 0)."""
+    return tl.inline_asm_elementwise("cvt.rni.sat.s8.f32 $0, $1;", "=r,r", [q], dtype=tl.int32, is_pure=True,
+                                     pack=1).to(tl.int8)
+
+
+@triton.jit
 def quantize_int8(y, scale):
-    """``clamp(round_half_even(y / scale), -128, 127)`` as int8, with an IEEE-rounded division."""
-    return _saturate_int8(_round_clamped(tl.div_rn(y, scale + tl.zeros_like(y))))
+    """``clamp(round_half_even(y / scale), -128, 127)`` as int8, with the IEEE-rounded quotient.
 
-
-@triton.jit
-def _q8_where(y, s, r, near):
-    """int8 code of ``near ? div_rn(y, s) : r`` (rounded half to even and saturated by one ``cvt.rni.sat``):
-    the IEEE division is predicated, so only threads holding a near-tie run it (a warp, when any lane does)."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; .reg .f32 v; setp.ne.s32 p, $3, 0; mov.b32 v, $4; @p div.rn.f32 v, $1, $2; "
-        "cvt.rni.sat.s8.f32 $0, v; }",
-        "=r,r,r,r,r", [y, s, near.to(tl.int32), r], dtype=tl.int32, is_pure=True, pack=1)
-
-
-@triton.jit
-def quantize_int8_bulk(y, scale):
-    """``quantize_int8`` for large blocks (prefill epilogues), with the same results.
-
-    The quotient ``r`` comes from a multiply by ``1 / scale`` (within ~4 ulps of the IEEE one, much cheaper
-    than ``div_rn`` per element). Where ``r`` is within ``2e-4`` of a rounding tie (wider than those ulps
-    below the saturation point, past which the result no longer depends on the rounding) the IEEE division
-    decides; on the GPU it is predicated per element, under the interpreter done for the whole block.
+    On the GPU without a division: ``r = y * RN(1 / scale)`` is within an ulp of ``y / scale``, and one
+    residual step, ``RN(r + RN(y - r * scale) / scale)`` with both products fused, gives the correctly
+    rounded quotient (Markstein's theorem). ``r`` is clamped to +-256 first: beyond it the result saturates
+    whatever the rounding, and the residual cannot overflow. The interpreter divides (``div_rn``).
     """
-    r = y * (1.0 / scale)
-    near = tl.abs((r - tl.floor(r)) - 0.5) <= 2e-4
     sf = scale + tl.zeros_like(y)
     if ON_GPU:
-        return _q8_where(y, sf, r, near).to(tl.int8)
-    q = _round_clamped(tl.where(near, tl.div_rn(y, sf), r))
-    return _saturate_int8(q)
+        inv = tl.div_rn(scale * 0.0 + 1.0, scale)
+        r = tl.minimum(tl.maximum(y * inv, -256.0), 256.0)
+        return _rni_sat(tl.fma(tl.fma(-r, sf, y), inv, r))
+    return _saturate_int8(_round_clamped(tl.div_rn(y, sf)))
 
 
 @triton.jit

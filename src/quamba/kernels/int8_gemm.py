@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
-from ._small_common import quantize_int8, quantize_int8_bulk
+from ._small_common import quantize_int8
 from .launch import cdiv, current_stream, interpreting, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -59,10 +59,8 @@ def _scale(ptr, val, idx, ok, MODE: tl.constexpr, OTHER: tl.constexpr):
 @triton.jit
 def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
-              BULK: tl.constexpr = False):
-    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it
-    (``BULK``: a prefill tile, requantized by ``quantize_int8_bulk``)."""
+              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
+    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it."""
     row_ok = rows < M
     col_ok = cols < N
     y = acc.to(tl.float32) * _scale(xs_ptr, xs_val, rows, row_ok, XS_MODE, 0.0)
@@ -71,8 +69,6 @@ def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
         y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if OS_MODE == 3:
         out = y.to(out_ptr.dtype.element_ty)
-    elif BULK:
-        out = quantize_int8_bulk(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
     else:
         out = quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
     tl.store(out_ptr + rows * stride_om + cols, out, mask=row_ok & col_ok)
@@ -92,7 +88,7 @@ def _tile_epilogue(acc, m0, n0, M, N, out_ptr, stride_om, xs_ptr, xs_val, ws_ptr
         os_ptr += n0
     _epilogue(acc, tl.arange(0, BLOCK_M)[:, None], tl.arange(0, BLOCK_N)[None, :], M - m0, N - n0,
               out_ptr + m0.to(tl.int64) * stride_om + n0, stride_om, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr + n0,
-              os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
+              os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
 
 @triton.jit
@@ -168,7 +164,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
             for s in range(0, SPLIT_K):
                 total += tl.load(part + s * plane, mask=ok, other=0, cache_modifier=".cg")
             _epilogue(total, rows, cols, M, N, out_ptr, stride_om,
-                      xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, True)
+                      xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
             tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed")
 
 
@@ -199,6 +195,9 @@ GEMM_TILES = [
     (128, 128, 128, 3, 4), (128, 128, 64, 5, 4), (64, 256, 64, 5, 4), (64, 128, 128, 4, 4),
     (256, 128, 128, 4, 8), (128, 256, 128, 3, 8), (64, 64, 128, 4, 4), (32, 128, 128, 4, 4), (16, 64, 128, 4, 4),
 ]
+# Tiles also tried as persistent kernels (2 programs per SM): the H200 sweep's winners with them (one program per
+# SM, or other tiles, never won; each candidate costs a compile at tuning time).
+PERSIST_TILES = ((128, 128, 128, 3, 4), (64, 128, 128, 4, 4))
 _INTERPRETER_TILE = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_stages=1, num_warps=4)
 
 
@@ -214,8 +213,7 @@ def gemm_split(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int,
 
 def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
     """Candidate launch configs (tile, stages, warps, K split) for an ``[m, k] x [n, k]`` GEMM; where the
-    tiles make more than one wave, each tile also as a persistent kernel of one or two programs per SM
-    (``PERSIST``)."""
+    tiles make more than one wave, the ``PERSIST_TILES`` also as persistent kernels of two programs per SM."""
     bucket = min(next_pow2(m), 4096)
     out = []
     for bm, bn, bk, stages, warps in GEMM_TILES:
@@ -224,8 +222,8 @@ def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
                    SPLIT_K=gemm_split(m, n, k, bm, bn, bk, sms))
         out.append(cfg)
-        if cfg["SPLIT_K"] == 1 and cdiv(m, bm) * cdiv(n, bn) > sms:
-            out += [dict(cfg, PERSIST=p) for p in (1, 2)]
+        if (bm, bn, bk, stages, warps) in PERSIST_TILES and cfg["SPLIT_K"] == 1 and cdiv(m, bm) * cdiv(n, bn) > sms:
+            out.append(dict(cfg, PERSIST=2))
     return out or [dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "num_warps"), GEMM_TILES[-1]),
                         GROUP_M=8, SPLIT_K=1)]
 

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
-from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, quantize_int8_bulk, scale_arg, silu,
+from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, scale_arg, silu,
                             store_window)
 from .conv1d import _check_common, check_state, conv_tile, prefill_tile, store_final_state, update_block
 from .gemv import scratch_plan, zero_scratch
@@ -25,13 +25,11 @@ Scale = float | Tensor
 @triton.jit
 def _dequant_silu_quant(acc, b_ptr, offs_d, md, xs_ptr, xs_val, ws_ptr, ws_val, bs_ptr, bs_val, os_ptr, os_val,
                         XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, BULK: tl.constexpr = False):
+                        HAS_BIAS: tl.constexpr):
     y = acc.to(tl.float32) * load_scale(ws_ptr, ws_val, offs_d, md, WS_M)
     y = y * load_scale(xs_ptr, xs_val, offs_d, md, XS_M)
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_d, mask=md, other=0).to(tl.float32) * load_scale(bs_ptr, bs_val, offs_d, md, BS_M)
-    if BULK:
-        return quantize_int8_bulk(silu(y), load_scale(os_ptr, os_val, offs_d, md, OS_M))
     return quantize_int8(silu(y), load_scale(os_ptr, os_val, offs_d, md, OS_M))
 
 
@@ -52,7 +50,7 @@ def _qconv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
                     ssb, ssd, ssk, K, HAS_STATE, BLOCK_L, BLOCK_D, tl.int32, OFF64)
     offs_l = l0 + tl.arange(0, BLOCK_L)
     q = _dequant_silu_quant(acc, b_ptr, offs_d[None, :], md[None, :], xs_ptr, xs_val, ws_ptr, ws_val,
-                            bs_ptr, bs_val, os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS, True)
+                            bs_ptr, bs_val, os_ptr, os_val, XS_M, WS_M, BS_M, OS_M, HAS_BIAS)
     mo = (offs_l < L)[:, None] & md[None, :]
     tl.store(y_ptr + b * syb + offs_l[:, None].to(tl.int64) * syl + offs_d[None, :], q, mask=mo)
     if STORE_STATE:
