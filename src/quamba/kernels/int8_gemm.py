@@ -366,7 +366,8 @@ def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale
     os_, ov, omode = _scale_arg(out_scale, n, "out_scale", dev, out)
     b = bias.reshape(-1).contiguous() if bias is not None else out
     return dict(xs_ptr=xs, xs_val=xv, ws_ptr=ws, ws_val=wv, b_ptr=b,
-                os_ptr=os_, os_val=ov, XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode)
+                os_ptr=os_, os_val=ov, XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode,
+                scales=(xs, xv, ws, wv, b, os_, ov), modes=(xmode, wmode, bias is not None, omode))
 
 
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
@@ -396,26 +397,37 @@ def tune_key(m: int, n: int, k: int, device: torch.device, int8_out: bool) -> tu
 def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None:
     m, k = x.shape
     n = w.shape[0]
-    cfg = dict(config)
-    split = cfg.pop("SPLIT_K", 1)
-    persist = cfg.pop("PERSIST", 0)
-    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    plan = _PLANS.get(id(config))
+    if plan is None or plan[0] is not config:
+        plan = _PLANS[id(config)] = _gemm_plan(config)
+    _, split, persist, bm, bn, bk, group_m, options = plan
     tiles = cdiv(m, bm) * cdiv(n, bn)
-    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"],
-                 EVEN_K=k % bk == 0)
-    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
+    even_k = k % bk == 0
     if persist:
         progs = min(tiles, persist * num_sms(x.device))
-        launch(_gemm_persistent_kernel, (progs,), x, w, out, *scales, m, n, k, x.stride(0), w.stride(0),
-               out.stride(0), **flags, NUM_PROGS=progs, **cfg)
+        launch(_gemm_persistent_kernel, (progs,), x, w, out, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
+               out.stride(0), *ep["modes"], even_k, bm, bn, bk, group_m, progs, **options)
         return
-    k_blocks = cdiv(k, bk)
-    per = cdiv(k_blocks, split) * bk
-    split = cdiv(k, per)
-    part = torch.empty(split * m * n, dtype=torch.int32, device=x.device) if split > 1 else out
-    cnt = split_counters(x.device, tiles) if split > 1 else out
-    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *scales, m, n, k, x.stride(0), w.stride(0),
-           out.stride(0), per, **flags, SPLIT_K=split, **cfg)
+    if split > 1:
+        per = cdiv(cdiv(k, bk), split) * bk
+        split = cdiv(k, per)
+        part = torch.empty(split * m * n, dtype=torch.int32, device=x.device)
+        cnt = split_counters(x.device, tiles)
+    else:
+        per, part, cnt = k, out, out
+    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
+           out.stride(0), per, *ep["modes"], even_k, bm, bn, bk, group_m, split, **options)
+
+
+# id(config) -> (config, SPLIT_K, PERSIST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, compile options): every argument
+# of a launch but the tensors and sizes, passed by position (keyword arguments cost host time per launch).
+_PLANS: dict[int, tuple] = {}
+
+
+def _gemm_plan(config: dict) -> tuple:
+    opts = {key: v for key, v in config.items() if key in ("num_stages", "num_warps")}
+    return (config, config.get("SPLIT_K", 1), config.get("PERSIST", 0), config["BLOCK_M"], config["BLOCK_N"],
+            config["BLOCK_K"], config["GROUP_M"], opts)
 
 
 _COUNTERS: dict[tuple, Tensor] = {}
