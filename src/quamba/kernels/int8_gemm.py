@@ -238,29 +238,13 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, xs_ptr, xs_val, ws_ptr, ws_val
                  XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
                  SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  BLOCK_M: tl.constexpr):
-    pid_n = tl.program_id(0)
+    """``W @ x^T``: the weight tile is the wide tensor-core operand (``_tile_dot`` with the roles swapped)."""
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    rn = offs_n % N
-    rm = tl.minimum(offs_m, M - 1)
     k_lo = pid_k * k_per_split
-    k_len = tl.minimum(k_per_split, K - k_lo)
-    w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_lo + offs_k)[None, :]
-    x_ptrs = x_ptr + rm[None, :] * stride_xm + (k_lo + offs_k)[:, None]
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-    for k in range(0, tl.cdiv(k_len, BLOCK_K)):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            x = tl.load(x_ptrs)
-        else:
-            k_ok = offs_k < k_len - k * BLOCK_K
-            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0)
-            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0)
-        acc = tl.dot(w, x, acc, out_dtype=tl.int32)
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
+    acc = _tile_dot(w_ptr, x_ptr, offs_n, offs_m, k_lo, tl.minimum(k_per_split, K - k_lo), N, M, stride_wn,
+                    stride_xm, EVEN_K, BLOCK_N, BLOCK_M, BLOCK_K)
     rows = offs_m[None, :]
     cols = offs_n[:, None]
     if SPLIT:
