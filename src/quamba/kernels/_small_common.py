@@ -87,10 +87,13 @@ def _saturate_int8(q):
 
 
 @triton.jit
-def _rni_sat(q):
-    """Round half to even and saturate to int8 in one ``cvt.rni.sat`` (NaN gives 0)."""
-    return tl.inline_asm_elementwise("cvt.rni.sat.s8.f32 $0, $1;", "=r,r", [q], dtype=tl.int32, is_pure=True,
-                                     pack=1).to(tl.int8)
+def round_sat_int8(v):
+    """``clamp(round_half_even(v), -128, 127)`` as int8: one ``cvt.rni.sat`` on the GPU (NaN gives 0), the
+    1.5 * 2**23 rounding under the interpreter."""
+    if ON_GPU:
+        return tl.inline_asm_elementwise("cvt.rni.sat.s8.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True,
+                                         pack=1).to(tl.int8)
+    return _saturate_int8(_round_clamped(v))
 
 
 @triton.jit
@@ -106,8 +109,8 @@ def quantize_int8(y, scale):
     if ON_GPU:
         inv = tl.div_rn(scale * 0.0 + 1.0, scale)
         r = tl.minimum(tl.maximum(y * inv, -256.0), 256.0)
-        return _rni_sat(tl.fma(tl.fma(-r, sf, y), inv, r))
-    return _saturate_int8(_round_clamped(tl.div_rn(y, sf)))
+        return round_sat_int8(tl.fma(tl.fma(-r, sf, y), inv, r))
+    return round_sat_int8(tl.div_rn(y, sf))
 
 
 @triton.jit

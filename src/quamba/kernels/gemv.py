@@ -353,8 +353,7 @@ def launch_int8_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ep: di
         variant = int8_gemv_plan(n, k)[0]
     if variant not in INT8_VARIANTS:
         raise InvalidArgumentError(f"unknown int8 GEMV variant {variant!r}; one of {sorted(INT8_VARIANTS)}")
-    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
-    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
+    scales, flags = ep["scales"], ep["flags"]
     bm = max(1, next_pow2(m))
     grid = (cdiv(n, block_n),)
     if INT8_VARIANTS[variant] is None or not _words_ok(x, w):

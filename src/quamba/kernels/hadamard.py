@@ -35,6 +35,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ..ops import fused_reference as FR
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
+from ._small_common import round_sat_int8
 from .int8_gemm import interpreting, num_sms
 from .pdl import pdl_args, pdl_sync
 from .gemv import check_rms
@@ -86,16 +87,6 @@ def _mix(t, h, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _quant(v, INTERP: tl.constexpr):
-    """Round half to even and saturate to int8 (one ``cvt.rni.sat`` on the GPU)."""
-    if INTERP:
-        v = tl.minimum(tl.maximum(v, -128.0), 127.0)
-        return ((v + 12582912.0) - 12582912.0).to(tl.int8)
-    q = tl.inline_asm_elementwise("cvt.rni.sat.s8.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
-    return q.to(tl.int8)
-
-
-@triton.jit
 def _finish(tt, hr_t, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
             W: tl.constexpr, C: tl.constexpr, HAS_R: tl.constexpr, OS_MODE: tl.constexpr,
             INTERP: tl.constexpr):
@@ -107,9 +98,9 @@ def _finish(tt, hr_t, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
     ok = (col < C)[:, None] & ok_t[None, :]
     if OS_MODE == 2:
         s = tl.load(os_ptr + soff[None, :] + col[:, None], mask=ok, other=1.0).to(tl.float32)
-        q = _quant(tt * (inv_sqrt_n / s), INTERP)
+        q = round_sat_int8(tt * (inv_sqrt_n / s))
     else:
-        q = _quant(tt * mult, INTERP)
+        q = round_sat_int8(tt * mult)
     tl.store(out_ptr + ooff[None, :] + col[:, None], q, mask=ok)
 
 

@@ -343,15 +343,15 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
 
 def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
                   m: int, n: int, out: Tensor) -> dict:
-    """Kernel arguments of the shared epilogue; ``out`` stands in for pointers a mode does not read."""
+    """Kernel arguments of the shared epilogue: ``scales`` (its seven pointer/value arguments, in order) and
+    ``flags`` (its four mode constexprs, in kernel order); ``out`` stands in for pointers a mode does not read."""
     dev = out.device
     xs, xv, xmode = _scale_arg(x_scale, m, "x_scale", dev, out)
     ws, wv, wmode = _scale_arg(w_scale, n, "w_scale", dev, out)
     os_, ov, omode = _scale_arg(out_scale, n, "out_scale", dev, out)
     b = bias.reshape(-1).contiguous() if bias is not None else out
-    return dict(xs_ptr=xs, xs_val=xv, ws_ptr=ws, ws_val=wv, b_ptr=b,
-                os_ptr=os_, os_val=ov, XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode,
-                scales=(xs, xv, ws, wv, b, os_, ov), modes=(xmode, wmode, bias is not None, omode))
+    return dict(scales=(xs, xv, ws, wv, b, os_, ov),
+                flags=dict(XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode))
 
 
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
@@ -365,7 +365,7 @@ def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None
     if config is None and interpreting():
         config = _INTERPRETER_TILE
     if config is None:
-        key = tune_key(m, n, k, x.device, ep["OS_MODE"] != 3)
+        key = tune_key(m, n, k, x.device, ep["flags"]["OS_MODE"] != 3)
         config = _TUNED.get(key)
         if config is None:
             config = _TUNED[key] = _tune(x, w, out, ep)
@@ -390,7 +390,7 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
     if persist:
         progs = min(tiles, persist * num_sms(x.device))
         launch(_gemm_persistent_kernel, (progs,), x, w, out, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
-               out.stride(0), *ep["modes"], even_k, bm, bn, bk, group_m, progs, **options)
+               out.stride(0), *ep["flags"].values(), even_k, bm, bn, bk, group_m, progs, **options)
         return
     if split > 1:
         per = cdiv(cdiv(k, bk), split) * bk
@@ -400,7 +400,7 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
     else:
         per, part, cnt = k, out, out
     launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
-           out.stride(0), per, *ep["modes"], even_k, bm, bn, bk, group_m, split, **options)
+           out.stride(0), per, *ep["flags"].values(), even_k, bm, bn, bk, group_m, split, **options)
 
 
 # id(config) -> (config, SPLIT_K, PERSIST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, compile options): every argument
@@ -451,8 +451,7 @@ def launch_gemv(x: Tensor, w: Tensor, out: Tensor, ep: dict, plan: tuple[int, in
     m, k = x.shape
     n = w.shape[0]
     block_n, block_k, split, k_per = plan
-    flags = dict(XS_MODE=ep["XS_MODE"], WS_MODE=ep["WS_MODE"], HAS_BIAS=ep["HAS_BIAS"], OS_MODE=ep["OS_MODE"])
-    scales = (ep["xs_ptr"], ep["xs_val"], ep["ws_ptr"], ep["ws_val"], ep["b_ptr"], ep["os_ptr"], ep["os_val"])
+    flags, scales = ep["flags"], ep["scales"]
     part = torch.empty((split, m, n), dtype=torch.int32, device=x.device) if split > 1 else out
     launch(_gemv_kernel, (cdiv(n, block_n), split),
            x, w, out, part, *scales, m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per, **flags,
