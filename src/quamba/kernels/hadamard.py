@@ -35,8 +35,8 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ..ops import fused_reference as FR
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
-from ._small_common import round_sat_int8
-from .int8_gemm import interpreting, num_sms
+from ._small_common import ON_GPU, round_sat_int8
+from .int8_gemm import num_sms
 from .pdl import pdl_args, pdl_sync
 from .gemv import check_rms
 from .launch import launch, cdiv, next_pow2
@@ -61,9 +61,9 @@ def _split3(v):
 
 
 @triton.jit
-def _hdot(h, x, acc, IN_KIND: tl.constexpr, INTERP: tl.constexpr):
+def _hdot(h, x, acc, IN_KIND: tl.constexpr):
     """``acc + h @ x`` for ±1 ``h`` (fp16 for fp16 ``x``, else bf16) with exact products."""
-    if INTERP:
+    if not ON_GPU:
         return tl.dot(h.to(tl.float32), x.to(tl.float32), acc, input_precision="ieee")
     elif IN_KIND == 2:
         hi, mid, lo = _split3(x)
@@ -75,10 +75,10 @@ def _hdot(h, x, acc, IN_KIND: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _mix(t, h, INTERP: tl.constexpr):
+def _mix(t, h):
     """``t @ h`` for fp32 ``t`` and ±1 bf16 ``h`` at fp32 accuracy on bf16 tensor cores (``t`` is the
     register operand, so no layout shuffle is needed after the first product)."""
-    if INTERP:
+    if not ON_GPU:
         return tl.dot(t, h.to(tl.float32), input_precision="ieee")
     hi, mid, lo = _split3(t)
     acc = tl.dot(hi.to(tl.bfloat16), h)
@@ -88,12 +88,11 @@ def _mix(t, h, INTERP: tl.constexpr):
 
 @triton.jit
 def _finish(tt, hr_t, col0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n,
-            W: tl.constexpr, C: tl.constexpr, HAS_R: tl.constexpr, OS_MODE: tl.constexpr,
-            INTERP: tl.constexpr):
+            W: tl.constexpr, C: tl.constexpr, HAS_R: tl.constexpr, OS_MODE: tl.constexpr):
     """``tt [W, TM]`` holds columns ``col0 .. col0+W`` of the tile transposed: mix the tile rows with
     ``H_R``, scale by ``1 / (sqrt(n) * out_scale)`` (``mult`` unless per channel), quantize, store."""
     if HAS_R:
-        tt = _mix(tt, hr_t, INTERP)
+        tt = _mix(tt, hr_t)
     col = col0 + tl.arange(0, W)
     ok = (col < C)[:, None] & ok_t[None, :]
     if OS_MODE == 2:
@@ -115,50 +114,50 @@ def _load_t(x_ptr, xoff, ok_t, c0, W: tl.constexpr, C: tl.constexpr):
 @triton.jit
 def _row_tile(x_ptr, out_ptr, os_ptr, h, hr_t, mult, inv_sqrt_n, xoff, ooff, soff, ok_t,
               C: tl.constexpr, CP: tl.constexpr, TM: tl.constexpr, BK: tl.constexpr, HAS_R: tl.constexpr,
-              IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr):
+              IN_KIND: tl.constexpr, OS_MODE: tl.constexpr):
     """All ``C`` columns of one tile: ``H_BK`` products of the ``CP / BK`` chunks, fp32 butterflies
     across chunks (``H_C = kron(H_G, H_BK)``), then the row mixing and quantization per chunk."""
     G: tl.constexpr = CP // BK
     z = tl.zeros([BK, TM], tl.float32)
     if G == 1:
-        _finish(_hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND, INTERP), hr_t, 0, ooff, soff,
-                ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R, OS_MODE, INTERP)
+        _finish(_hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND), hr_t, 0, ooff, soff,
+                ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R, OS_MODE)
     elif G == 2:
         x0 = _load_t(x_ptr, xoff, ok_t, 0, BK, C)
         x1 = _load_t(x_ptr, xoff, ok_t, BK, BK, C)
-        p0 = _hdot(h, x0, z, IN_KIND, INTERP)
-        p1 = _hdot(h, x1, z, IN_KIND, INTERP)
+        p0 = _hdot(h, x0, z, IN_KIND)
+        p1 = _hdot(h, x1, z, IN_KIND)
         _finish(p0 + p1, hr_t, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
         _finish(p0 - p1, hr_t, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
     else:
         if IN_KIND == 2:
-            p0 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND, INTERP)
-            p1 = _hdot(h, _load_t(x_ptr, xoff, ok_t, BK, BK, C), z, IN_KIND, INTERP)
-            p2 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 2 * BK, BK, C), z, IN_KIND, INTERP)
-            p3 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 3 * BK, BK, C), z, IN_KIND, INTERP)
+            p0 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 0, BK, C), z, IN_KIND)
+            p1 = _hdot(h, _load_t(x_ptr, xoff, ok_t, BK, BK, C), z, IN_KIND)
+            p2 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 2 * BK, BK, C), z, IN_KIND)
+            p3 = _hdot(h, _load_t(x_ptr, xoff, ok_t, 3 * BK, BK, C), z, IN_KIND)
         else:
             x0 = _load_t(x_ptr, xoff, ok_t, 0, BK, C)
             x1 = _load_t(x_ptr, xoff, ok_t, BK, BK, C)
             x2 = _load_t(x_ptr, xoff, ok_t, 2 * BK, BK, C)
             x3 = _load_t(x_ptr, xoff, ok_t, 3 * BK, BK, C)
-            p0 = _hdot(h, x0, z, IN_KIND, INTERP)
-            p1 = _hdot(h, x1, z, IN_KIND, INTERP)
-            p2 = _hdot(h, x2, z, IN_KIND, INTERP)
-            p3 = _hdot(h, x3, z, IN_KIND, INTERP)
+            p0 = _hdot(h, x0, z, IN_KIND)
+            p1 = _hdot(h, x1, z, IN_KIND)
+            p2 = _hdot(h, x2, z, IN_KIND)
+            p3 = _hdot(h, x3, z, IN_KIND)
         s0 = p0 + p1
         d0 = p0 - p1
         s1 = p2 + p3
         d1 = p2 - p3
         _finish(s0 + s1, hr_t, 0, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
         _finish(d0 + d1, hr_t, BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
         _finish(s0 - s1, hr_t, 2 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
         _finish(d0 - d1, hr_t, 3 * BK, ooff, soff, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BK, C, HAS_R,
-                OS_MODE, INTERP)
+                OS_MODE)
 
 
 @triton.jit
@@ -166,7 +165,7 @@ def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, ss_ptr, os_mu
                            M, stride_xm, stride_om, s_ssm,
                            R: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, PR: tl.constexpr,
                            TM: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, COL_SPLIT: tl.constexpr,
-                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr, INTERP: tl.constexpr,
+                           IN_KIND: tl.constexpr, OS_MODE: tl.constexpr,
                            GROUP: tl.constexpr, USE_PDL: tl.constexpr):
     """``GROUP > 0`` (column blocks only): the input is first RMS-normalized per group of ``GROUP``
     columns (a multiple of ``C``) from the sums of squares ``ss [M, n / GROUP]``."""
@@ -194,12 +193,11 @@ def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, ss_ptr, os_mu
         for k0 in tl.static_range(0, CP, BK):
             k = k0 + tl.arange(0, BK)
             h = tl.load(hc_ptr + k[None, :] * CP + j[:, None])
-            acc = _hdot(h, _load_t(x_ptr, xoff, ok_t, k0, BK, C), acc, IN_KIND, INTERP)
+            acc = _hdot(h, _load_t(x_ptr, xoff, ok_t, k0, BK, C), acc, IN_KIND)
         if GROUP > 0:  # H_C acts within tile columns (sub-rows): scaling them now scales the input
             ss = tl.load(ss_ptr + row * s_ssm + (b * C) // GROUP, mask=ok_t, other=0.0)
             acc = acc * tl.rsqrt(ss / GROUP + eps)[None, :]
-        _finish(acc, hr_t, col0, ooff, b * C, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE,
-                INTERP)
+        _finish(acc, hr_t, col0, ooff, b * C, ok_t, out_ptr, os_ptr, mult, inv_sqrt_n, BC, C, HAS_R, OS_MODE)
     else:
         k = tl.arange(0, BK)
         h = tl.load(hc_ptr + k[None, :] * CP + k[:, None])
@@ -207,7 +205,7 @@ def _hadamard_quant_kernel(x_ptr, out_ptr, hc_ptr, hr_ptr, os_ptr, ss_ptr, os_mu
             row = (tile * PR + sub).to(tl.int64)
             ok_t = (sub < PR) & (row < M)
             _row_tile(x_ptr, out_ptr, os_ptr, h, hr_t, mult, inv_sqrt_n, row * stride_xm + b * C,
-                      row * stride_om + b * C, b * C, ok_t, C, CP, TM, BK, HAS_R, IN_KIND, OS_MODE, INTERP)
+                      row * stride_om + b * C, b * C, ok_t, C, CP, TM, BK, HAS_R, IN_KIND, OS_MODE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,7 +303,7 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
            x2, out, hc, hr, os_ptr, ss, mult, inv_sqrt_n, float(eps), m, x2.stride(0), out.stride(0),
            ss.stride(0) if rms is not None else 0,
            R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-           INTERP=interpreting(), GROUP=group, num_warps=warps, num_stages=stages or 1,
+           GROUP=group, num_warps=warps, num_stages=stages or 1,
            **(pdl_args(x2) if pdl else {"USE_PDL": False}))
 
 

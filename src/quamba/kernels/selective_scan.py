@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._small_common import quantize_int8
+from ._small_common import ON_GPU, quantize_int8
 from .int8_gemm import num_sms
 from .launch import launch, cdiv, next_pow2
 from ..errors import InvalidArgumentError
@@ -44,9 +44,9 @@ from ..errors import InvalidArgumentError
 Tensor = torch.Tensor
 
 @triton.jit
-def fast_log2(x, FAST: tl.constexpr):
+def fast_log2(x):
     """``log2(x)``: the hardware approximation (rel. error ~1e-7 away from x = 1) on GPU."""
-    if FAST:
+    if ON_GPU:
         return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -54,9 +54,9 @@ def fast_log2(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def fast_rcp(x, FAST: tl.constexpr):
+def fast_rcp(x):
     """``1 / x``: the hardware approximation (1 ulp) on GPU."""
-    if FAST:
+    if ON_GPU:
         return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -64,7 +64,7 @@ def fast_rcp(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def softplus(x, FAST: tl.constexpr):
+def softplus(x):
     """``log(1 + exp(x))`` (``x`` itself above 20, as torch) to ~1e-6 relative.
 
     ``log1p(e)`` is a series when ``e < 1/8`` (the usual range of Mamba's dt) and ``log2(1 + e)``
@@ -79,13 +79,13 @@ def softplus(x, FAST: tl.constexpr):
     s = 0.3333333333333333 - e * s
     s = 0.5 - e * s
     s = e - e * (e * s)
-    big = fast_log2(1.0 + e, FAST) * 0.6931471805599453
+    big = fast_log2(1.0 + e) * 0.6931471805599453
     return tl.where(x > 20.0, x, tl.where(e < 0.125, s, big))
 
 
 @triton.jit
-def silu(z, FAST: tl.constexpr):
-    return z * fast_rcp(1.0 + tl.exp2(-1.4426950408889634 * z), FAST)
+def silu(z):
+    return z * fast_rcp(1.0 + tl.exp2(-1.4426950408889634 * z))
 
 
 @triton.jit
@@ -159,8 +159,7 @@ def _combine_chunks(h, A2, ds_ptr, st_ptr, b, c0, c_end, n_chunks, D, N, d3, n3,
 
 
 @triton.jit
-def _prep(u, dt, m2, bias, su, sdt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr,
-          FAST: tl.constexpr):
+def _prep(u, dt, m2, bias, su, sdt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr):
     """fp32 ``u`` and processed ``dt`` (scale, bias, softplus) of a loaded ``[T, BD]`` block; ``dt = 0``
     outside ``m2`` (no decay, no input)."""
     u = u.to(tl.float32)
@@ -171,7 +170,7 @@ def _prep(u, dt, m2, bias, su, sdt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constex
     if HAS_BIAS:
         dt = dt + bias[None, :]
     if SOFTPLUS:
-        dt = softplus(dt, FAST)
+        dt = softplus(dt)
     return u, tl.where(m2, dt, 0.0)
 
 
@@ -189,8 +188,7 @@ def _chunk_state_kernel(
         L, D, N, T_CHUNK, n_chunks,
         s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn,
         u_scale, dt_scale, B_scale,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        FAST: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
     """End state of chunk ``c`` from a zero start, and the chunk's ``dt`` sum, per channel block."""
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
@@ -230,7 +228,7 @@ def _chunk_state_kernel(
     dq = tl.load(dt_p, mask=mt & md, other=0.0)
     Bq = tl.load(B_p, mask=mt & mn, other=0.0)
     for t0 in range(t_lo, t_hi, T):
-        u, dt = _prep(uq, dq, mt & md, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT, FAST)
+        u, dt = _prep(uq, dq, mt & md, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT)
         Bt = _fp32(Bq, sb, QUANT)
         u_p += T * s_ul
         dt_p += T * s_tl
@@ -282,7 +280,7 @@ def _chunk_scan_kernel(
         s_zb, s_zl, s_zd, s_ib, s_id, s_in,
         u_scale, dt_scale, z_scale, state_scale, B_scale, C_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-        HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr, FAST: tl.constexpr,
+        HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
         COMBINE: tl.constexpr, CMAX: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
     """Rescan of chunk ``c`` from its incoming state: ``y`` with the ``D`` skip and ``silu(z)`` gate;
     the last chunk also writes the final state.
@@ -351,7 +349,7 @@ def _chunk_scan_kernel(
     Cq = tl.load(C_p, mask=mt & mn, other=0.0)
     for t0 in range(t_lo, t_hi, T):
         m2 = mt & md
-        u, dt = _prep(uq, dq, m2, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT, FAST)
+        u, dt = _prep(uq, dq, m2, bias, su, sdt, HAS_BIAS, SOFTPLUS, QUANT)
         Bt = _fp32(Bq, sb, QUANT)
         Ct = _fp32(Cq, sc, QUANT)
         z = _fp32(zq, sz, QUANT)
@@ -373,7 +371,7 @@ def _chunk_scan_kernel(
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
-            y = y * silu(z, FAST)
+            y = y * silu(z)
         tl.store(y_p, y.to(y_ptr.dtype.element_ty), mask=m2)
         y_p += T * D
         h = _last_row(hs, rows3, T)
@@ -492,7 +490,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
         launch(_chunk_state_kernel, (nblk, p.n_chunks - 1, bt),
                u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
                *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
-               HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), FAST=u.is_cuda, BD=p.bd, T=state_block(p, np2),
+               HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), BD=p.bd, T=state_block(p, np2),
                num_warps=1, **flags)
         if not fold:
             launch(_chunk_combine_kernel, (cdiv(d, COMBINE_BD), bt),
@@ -504,7 +502,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
            *u.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *init_.stride(),
            su, sdt, sz, ss, sb, scc,
            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
-           HAS_INIT=init is not None, FAST=u.is_cuda, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
+           HAS_INIT=init is not None, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
            num_warps=1, maxnreg=regs, **flags)
     return y, last
 

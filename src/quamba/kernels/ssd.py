@@ -34,14 +34,14 @@ Tensor = torch.Tensor
 
 @triton.jit
 def _dt_block(dt_ptrs, mask, bias, lo, hi, dt_scale, QUANT: tl.constexpr, HAS_BIAS: tl.constexpr,
-              SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, FAST: tl.constexpr):
+              SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr):
     dt = tl.load(dt_ptrs, mask=mask, other=0.0).to(tl.float32)
     if QUANT:
         dt = dt * dt_scale
     if HAS_BIAS:
         dt = dt + bias
     if SOFTPLUS:
-        dt = softplus(dt, FAST)
+        dt = softplus(dt)
     if HAS_LIMIT:
         dt = tl.minimum(tl.maximum(dt, lo), hi)
     return tl.where(mask, dt, 0.0)
@@ -61,7 +61,7 @@ def _state_kernel(
         L, H, G, N, P, NC, lo, hi, x_scale, dt_scale, B_scale,
         s_xb, s_xl, s_xh, s_xp, s_db, s_dl, s_dh, s_bb, s_bl, s_bg, s_bn,
         QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        HAS_LIMIT: tl.constexpr, FAST: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
+        HAS_LIMIT: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
         OP: tl.constexpr, CHUNK: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -90,7 +90,7 @@ def _state_kernel(
     total = 0.0
     for k in range(0, CHUNK, BT):
         m = k + offs_t < n_valid
-        dt = _dt_block(dt_base + (k + offs_t) * s_dl, m, bias, lo, hi, sd, QUANT, HAS_BIAS, SOFTPLUS, HAS_LIMIT, FAST)
+        dt = _dt_block(dt_base + (k + offs_t) * s_dl, m, bias, lo, hi, sd, QUANT, HAS_BIAS, SOFTPLUS, HAS_LIMIT)
         total += tl.sum(dt * a2, axis=0)
 
     x_base = x_ptr + b * s_xb + h * s_xh + t_lo * s_xl
@@ -100,7 +100,7 @@ def _state_kernel(
     carry = 0.0
     for k in range(0, CHUNK, BT):
         m = k + offs_t < n_valid
-        dt = _dt_block(dt_base + (k + offs_t) * s_dl, m, bias, lo, hi, sd, QUANT, HAS_BIAS, SOFTPLUS, HAS_LIMIT, FAST)
+        dt = _dt_block(dt_base + (k + offs_t) * s_dl, m, bias, lo, hi, sd, QUANT, HAS_BIAS, SOFTPLUS, HAS_LIMIT)
         a = dt * a2
         cs = tl.cumsum(a, axis=0) + carry
         carry += tl.sum(a, axis=0)
@@ -338,7 +338,6 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     has_limit = (lo, hi) != (0.0, float("inf"))
     sx, sdt, sb, sc, ss = scales if quant else (1.0,) * 5
     ptrs = sum(1 << i for i, s in enumerate((sx, sdt, sb, sc, ss)) if isinstance(s, Tensor))
-    fast = x.is_cuda
 
     dtp = torch.empty(bt, h, nc, T, device=dev, dtype=torch.float32)
     cs = torch.empty(bt, h, nc, T, device=dev, dtype=torch.float32)
@@ -352,7 +351,7 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
            x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
            *x.stride(), *dt.stride(), *B.stride(),
            QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
-           FAST=fast, SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
+           SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
     launch(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
            B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
            QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
