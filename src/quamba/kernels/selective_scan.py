@@ -188,7 +188,8 @@ def _chunk_state_kernel(
         L, D, N, T_CHUNK, n_chunks,
         s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn,
         u_scale, dt_scale, B_scale,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
+        BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
     """End state of chunk ``c`` from a zero start, and the chunk's ``dt`` sum, per channel block."""
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
