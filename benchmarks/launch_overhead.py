@@ -1,23 +1,31 @@
-"""Host cost of one kernel launch: Triton's generic ``kernel[grid](...)`` against ``quamba.kernels.launch``.
+"""Host cost of each Triton launch of an eager prefill, split into its parts.
 
-Launches the add+RMSNorm kernel of a 1024 x 2560 prefill both ways (the GPU keeps up, so the
-loop measures host time), reports microseconds per launch and the state of the launch cache
-(whether hits happen, and why not when they do not).
-Usage: PYTHONPATH=src python benchmarks/launch_overhead.py [--json]
+Builds a model at a real shape (two layers), records the first launch of every kernel during one
+prefill, then times per launch (GPU kept busy-free: the loops are short and synchronized):
+``launch`` (ours, end to end), our Python alone (the cached launcher replaced by a no-op), the
+compiled kernel's launcher called directly, and Triton's C launch function without the Python
+``CudaLauncher.__call__`` around it (when this Triton version exposes it). Also times ``torch.empty``
+and an fp16 ``F.linear`` issue for comparison.
+Usage: PYTHONPATH=src python benchmarks/launch_overhead.py --shape mamba-2.8b --precision w8a8 [--json]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import json
+import pkgutil
 import time
 
 import torch
+import torch.nn.functional as F
 
+import quamba.kernels as KP
 from quamba.kernels import launch as L
-from quamba.kernels import norm
 
 
-def per_launch_us(fn, reps: int = 1000) -> float:
+def per_launch_us(fn, reps: int = 200) -> float:
     fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -28,53 +36,106 @@ def per_launch_us(fn, reps: int = 1000) -> float:
     return dt
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    x = torch.randn(1024, 2560, device="cuda", dtype=torch.float16)
-    res = torch.randn(1024, 2560, device="cuda", dtype=torch.float32)
-    w = torch.ones(2560, device="cuda", dtype=torch.float16)
-    report = {"enabled_at_start": L._enabled, "hooks_set": L._hooks_set()}
-    report["wrapper_us"] = per_launch_us(lambda: norm.add_rms_norm(x, res, w, 1e-5, True))
-    report["cache_entries"] = len(L._compiled)
-    report["enabled_after"] = L._enabled
-    compiled = None
-    try:
-        from triton.runtime.jit import JITFunction
+def build(shape: str, precision: str):
+    from quamba.config import shape_config
+    from quamba.models import MambaLM, init_random_weights
 
-        report["kernel_is_jitfunction"] = type(norm._add_rms_norm_kernel) is JITFunction
-        compiled = norm._add_rms_norm_kernel[(1,)]  # noqa: F841 (attribute probe only)
-    except Exception as e:
-        report["probe_error"] = repr(e)[:200]
+    cfg = dataclasses.replace(shape_config(shape), n_layer=2)
+    with torch.device("cuda"):
+        m = MambaLM(cfg).to(torch.float16)
+    init_random_weights(m, seed=0)
+    m.eval()
+    if precision == "w8a8":
+        from quamba.quantization import RECIPES, quantize_
+
+        calib = [torch.randint(0, cfg.tokenizer_vocab_size, (1, 128), device="cuda")]
+        quantize_(m, RECIPES["quamba"](quantize_embedding=True, quantize_lm_head=True), calib, show_progress=False)
+    return m
+
+
+def record_launches(model, prompt) -> dict:
+    seen = {}
     real = L.launch
-    keys = []
 
     def spy(kernel, grid, *a, **k):
-        names, is_const = L._signature(kernel)
-        full = list(a) + [k[nm] for nm in names[len(a):]]
-        keys.append(tuple(L.spec_key(v, c) for v, c in zip(full, is_const)))
+        seen.setdefault(kernel.fn.__name__, (kernel, tuple(grid), a, k))
         return real(kernel, grid, *a, **k)
 
-    norm.launch = spy
-    norm.add_rms_norm(x, res, w, 1e-5, True)
-    norm.add_rms_norm(x, res, w, 1e-5, True)
-    norm.launch = real
-    report["keys_equal"] = len(keys) == 2 and keys[0] == keys[1]
-    if len(keys) == 2 and keys[0] != keys[1]:
-        report["key_diff"] = [str((a, b)) for a, b in zip(keys[0], keys[1]) if a != b][:5]
-    out = torch.empty_like(x)
-    k_obj = norm._add_rms_norm_kernel
+    mods = []
+    for mi in pkgutil.iter_modules(KP.__path__):
+        mod = importlib.import_module(f"quamba.kernels.{mi.name}")
+        if getattr(mod, "launch", None) is real:
+            mod.launch = spy
+            mods.append(mod)
     try:
-        ck = None
-        for v in L._compiled.values():
-            ck = v
-        report["cached_tuple_types"] = [type(t).__name__ for t in ck] if ck else None
-    except Exception as e:
-        report["cache_probe_error"] = repr(e)[:200]
-    report["kernel_attrs"] = sorted(a for a in dir(k_obj) if not a.startswith("__"))[:60]
-    del out
-    print(json.dumps(report, indent=1) if args.json else report)
+        with torch.inference_mode():
+            cache = model.allocate_cache(1)
+            model(prompt, cache, last_only=True)
+            model(prompt, cache, last_only=True)
+    finally:
+        for mod in mods:
+            mod.launch = real
+    torch.cuda.synchronize()
+    return seen
+
+
+def breakdown(kernel, grid, a, k) -> dict:
+    row = {"args": len(a) + len(k)}
+    row["launch_us"] = per_launch_us(lambda: L.launch(kernel, grid, *a, **k))
+    types = tuple(map(type, a))
+    go = L._slots.get((id(kernel), types, tuple(k)))
+    if go is None:
+        row["note"] = "not on the cached path"
+        return row
+    made = go(a, k)
+    key = (go, torch.cuda.current_device(), made[0])
+    run, function, packed = L._compiled[key]
+    L._compiled[key] = (lambda *x: None, function, packed)
+    try:
+        row["ours_python_us"] = per_launch_us(lambda: L.launch(kernel, grid, *a, **k), 2000)
+    finally:
+        L._compiled[key] = (run, function, packed)
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    stream = L._raw_stream(torch.cuda.current_device())
+    row["compiled_run_us"] = per_launch_us(lambda: run(*g, stream, function, packed, None, None, None, *made[1]))
+    c_launch = getattr(run, "launch", None)
+    if c_launch is not None:
+        row["launcher_type"] = type(run).__name__
+        try:
+            row["launcher_call_src"] = inspect.getsource(type(run).__call__)[-900:]
+        except (OSError, TypeError):
+            pass
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="mamba-2.8b")
+    ap.add_argument("--precision", default="w8a8")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    model = build(args.shape, args.precision)
+    prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, 1024), device="cuda")
+    seen = record_launches(model, prompt)
+    report = {"shape": args.shape, "precision": args.precision, "kernels": {}}
+    for name, (kernel, grid, a, k) in sorted(seen.items()):
+        report["kernels"][name] = breakdown(kernel, grid, a, k)
+    report["torch_empty_us"] = per_launch_us(lambda: torch.empty((1024, 10240), dtype=torch.int8, device="cuda"), 2000)
+    x = torch.randn(1024, 2560, device="cuda", dtype=torch.float16)
+    w = torch.randn(10240, 2560, device="cuda", dtype=torch.float16)
+    report["F_linear_issue_us"] = per_launch_us(lambda: F.linear(x, w), 100)
+    src = None
+    for row in report["kernels"].values():
+        src = row.pop("launcher_call_src", src)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, row in report["kernels"].items():
+            print(f"{name:28s} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in row.items()))
+        print({k: round(v, 2) for k, v in report.items() if isinstance(v, float)})
+    if src:
+        print("---- launcher __call__ (tail) ----\n" + src)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def test_spec_key_separates_what_triton_specializes_on():
     k = L.spec_key
     assert k(1) != k(2) and k(16) != k(17) and k(16) == k(32) and k(48) != k(50)
     assert k(2 ** 31 - 16) != k(2 ** 31) and k(2 ** 63) != k(2 ** 62)
-    assert k(1) != k(32) and k(0) != k(17) and k(3) != k(19)  # small values never meet the classes
+    assert k(1) != k(32) and k(0) != k(17) and k(-16) != k(16)
+    assert k(3) == k(19) and k(0) == k(32)  # Triton specializes them alike
     assert k(True) != k(1) and k(None) != k(0) and k(1.0) == k(2.5)
     assert k(7, constexpr=True) != k(9, constexpr=True)
     buf = torch.zeros(64, dtype=torch.float32)
@@ -63,3 +64,22 @@ def test_cached_launches_follow_argument_properties():
             assert not y[mask].any()
         sizes.append(len(L._compiled))
     assert L._enabled and sizes[0] > 0 and sizes[1] == sizes[0]  # the second pass launched from the cache only
+
+
+def test_launch_pattern_orders_arguments_and_keys_constexprs_by_value():
+    """The generated function of a launch pattern returns every kernel argument in signature order
+    (keywords after the positional ones) and a key that follows the specialization of each."""
+    from triton.runtime.jit import JITFunction
+
+    kernel = _axpy if isinstance(_axpy, JITFunction) else JITFunction(_axpy.fn)  # interpreter: wrap the source
+    x = torch.zeros(64)
+    args = (x, x[1:], 2.0, 1000, 3)
+    go = L._make_slot(kernel, len(args), tuple(map(type, args)), ("BLOCK", "num_warps"))
+    key, full = go(args, {"BLOCK": 128, "num_warps": 4})
+    assert full == (*args, 128)
+    assert key == (torch.float32, 0, torch.float32, 4, L.spec_key(1000)[1][0], L.spec_key(3)[1][0], 128, 4)
+    key2, _ = go((x, x[4:], 5.0, 1008, 19), {"BLOCK": 128, "num_warps": 4})
+    assert key2 != key and key2[3] == 0 and key2[4] != key[4] and key2[5] == key[5]
+    assert go((x, x[1:], 2.0, 1000, 3), {"BLOCK": 64, "num_warps": 4})[0] != key
+    assert L._make_slot(kernel, 4, tuple(map(type, args[:4])), ("stride", "BLOCK")) is None  # not a constexpr
+    assert L._make_slot(kernel, 5, tuple(map(type, args)), ()) is None  # a constexpr missing

@@ -7,11 +7,11 @@ host-bound. ``launch`` keys the compiled kernel on exactly what Triton specializ
 
 - constexpr arguments and compile options (``num_warps``, ``launch_pdl``, ...) by value;
 - tensors by dtype and the data pointer's offset from 16-byte alignment;
-- ints by ``% 16 == 0`` and the 32/64-bit range (small ints, which include the specialized 1, by
-  value); bools and None by value; floats by type;
+- ints by ``== 1``, ``% 16 == 0`` and the 32-bit range; bools and None by value; floats by type;
 
-(each pattern of argument types gets its key as one generated expression, so a launch costs no
-per-argument Python calls) and launches a hit through the compiled kernel's own launcher. A miss
+Each pattern of a launch (kernel, positional argument types, keyword names) gets one generated
+function that returns the key and the kernel's full argument list without a per-argument Python
+call, and a hit launches through the compiled kernel's own launcher. A miss
 (or anything unusual: the interpreter, launch hooks, an autotuner) goes through
 ``kernel[grid](...)``, which compiles and caches as usual. Results cannot differ from the generic
 path: the same compiled binary runs with the same arguments.
@@ -26,7 +26,6 @@ from triton.runtime.jit import JITFunction
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
-_I32_MIN, _I32_MAX, _U64_MIN = -(2 ** 31), 2 ** 31 - 1, 2 ** 63
 
 try:
     from triton import knobs as _knobs
@@ -39,9 +38,8 @@ try:
 except AttributeError:  # a CPU-only torch
     _raw_stream = _current_device = None
 
-_params: dict[int, tuple[tuple[str, ...], tuple[bool, ...], frozenset[str]]] = {}
-_keyfns: dict[tuple, Callable[[Sequence[Any]], tuple]] = {}
 _compiled: dict[tuple, tuple] = {}
+_slots: dict[tuple, Callable | None] = {}
 _enabled = not _INTERPRET and _raw_stream is not None
 
 
@@ -67,49 +65,54 @@ def current_stream(device: torch.device) -> int:
     return _raw_stream(device.index if device.index is not None else _current_device())
 
 
-def _signature(kernel) -> tuple[tuple[str, ...], tuple[bool, ...], frozenset[str]]:
-    sig = _params.get(id(kernel))
-    if sig is None:
-        names = tuple(p.name for p in kernel.params)
-        sig = _params[id(kernel)] = (names, tuple(p.is_constexpr for p in kernel.params), frozenset(names))
-    return sig
+# An int's specialization (== 1, % 16 == 0, 32-bit range) as one expression: ``a >> 31`` is 0 for
+# 0 <= a < 2**31, -1 for -2**31 <= a < 0 and something else outside the int32 range (finer than
+# Triton's i64/u64 split, which is safe: a finer key can only miss).
+_INT_CLASS = "(({a} == 1) + 2 * ({a} & 15 == 0) + 4 * ({a} >> 31))"
 
 
-def _int_class(a: int) -> int:
-    """Small ints by value; others by ``% 16 == 0`` and 32/64-bit range, coded 16..31 so the two never meet."""
-    if -16 < a < 16:
-        return a
-    return 16 + (a & 15 == 0) + 2 * (a > _I32_MAX) + 4 * (a < _I32_MIN) + 8 * (a >= _U64_MIN)
+def _part(a: str, t: type, const: bool) -> str | None:
+    """The key expression of one argument named ``a`` of type ``t`` (None: it adds nothing)."""
+    if t is _Tensor or t is _Parameter:
+        return f"{a}.dtype, {a}.data_ptr() & 15"
+    if t is int and not const:
+        return _INT_CLASS.format(a=a)
+    if t is float and not const:
+        return None
+    return a
 
 
-def _key_fn(types: tuple[type, ...], is_const: Sequence[bool]) -> Callable[[Sequence[Any]], tuple]:
-    """The key of an argument list whose types are ``types``, as one generated expression (no per-argument
-    calls or branches at launch time). Tensors: dtype and pointer offset mod 16; constexprs, bools, None
-    and other objects by value; ints by ``_int_class``; floats by type alone (the types are in the key)."""
-    parts = []
-    for i, (t, c) in enumerate(zip(types, is_const)):
-        a = f"a[{i}]"
-        if t is _Tensor or t is _Parameter:
-            parts.append(f"{a}.dtype, {a}.data_ptr() & 15")
-        elif t is int and not c:
-            parts.append(f"({a} if -16 < {a} < 16 else _int_class({a}))")
-        elif t is not float or c:
-            parts.append(a)
-    scope = {"_int_class": _int_class}
-    exec(f"def key(a):\n    return ({''.join(p + ', ' for p in parts)})\n", scope)
-    return scope["key"]
+def _make_slot(kernel, n: int, types: tuple[type, ...], kw: tuple[str, ...]) -> Callable | None:
+    """For launches of ``kernel`` with ``n`` positional arguments of ``types`` and keywords ``kw``, one
+    generated function ``(args, kwargs) -> (key, all kernel arguments in order)``; None when the pattern
+    is not for the cache: the keywords must be the constexpr parameters past the positional ones (keyed by
+    value) and compile options."""
+    names = [p.name for p in kernel.params]
+    consts = [p.is_constexpr for p in kernel.params]
+    if n > len(names) or any(not c or name not in kw for name, c in zip(names[n:], consts[n:])):
+        return None
+    if any(k in names[:n] for k in kw):
+        return None
+    pos = [f"a{i}" for i in range(n)]
+    kws = [f"k{i}" for i in range(len(names) - n)]
+    parts = [_part(a, t, c) for a, t, c in zip(pos, types, consts)]
+    options = sorted(k for k in kw if k not in names)
+    body = [f"    {''.join(a + ', ' for a in pos)}= a"] if n else []
+    body += [f"    {k} = kw[{name!r}]" for k, name in zip(kws, names[n:])]
+    key = [p for p in parts if p is not None] + kws + [f"kw[{o!r}]" for o in options]
+    body.append(f"    return ({''.join(k + ', ' for k in key)}), ({''.join(f + ', ' for f in pos + kws)})")
+    scope: dict[str, Any] = {}
+    exec("def go(a, kw):\n" + "\n".join(body) + "\n", scope)
+    return scope["go"]
 
 
-def _key(args: Sequence[Any], is_const: Sequence[bool], owner: Any = None) -> tuple:
+def _key(args: Sequence[Any], is_const: Sequence[bool]) -> tuple:
     """Per argument, what Triton's specialization depends on (finer is safe: a miss only costs the
-    generic path), behind the tuple of the arguments' types. ``owner`` (the kernel's id) names the
-    ``is_const`` pattern the generated key function is cached under."""
+    generic path), behind the tuple of the arguments' types."""
     types = tuple(map(type, args))
-    slot = (owner if owner is not None else tuple(is_const), types)
-    fn = _keyfns.get(slot)
-    if fn is None:
-        fn = _keyfns[slot] = _key_fn(types, is_const)
-    return types, fn(args)
+    parts = [_part(f"a[{i}]", t, c) for i, (t, c) in enumerate(zip(types, is_const))]
+    scope = {"a": list(args)}
+    return types, eval(f"({''.join(p + ', ' for p in parts if p is not None)})", scope)
 
 
 def spec_key(value: Any, constexpr: bool = False) -> tuple:
@@ -131,18 +134,17 @@ def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     if not _enabled or type(kernel) is not JITFunction:
         kernel[grid](*args, **kwargs)
         return
-    names, is_const, name_set = _signature(kernel)
-    n = len(args)
-    try:
-        full = list(args) + [kwargs[name] for name in names[n:]]
-    except KeyError:
+    types = tuple(map(type, args))
+    slot = (id(kernel), types, tuple(kwargs))
+    go = _slots.get(slot, _MISSING)
+    if go is _MISSING:
+        go = _slots[slot] = _make_slot(kernel, len(args), types, slot[2])
+    if go is None:
         kernel[grid](*args, **kwargs)
         return
-    options = ()
-    if len(kwargs) > len(names) - n:
-        options = tuple(sorted((k, kwargs[k]) for k in kwargs.keys() - name_set))
+    made = go(args, kwargs)
     device = _current_device()
-    key = (id(kernel), device, options, _key(full, is_const, id(kernel)))
+    key = (go, device, made[0])
     hit = _compiled.get(key)
     if hit is None or _hooks_set():
         compiled = kernel[grid](*args, **kwargs)
@@ -154,4 +156,7 @@ def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     run, function, packed = hit
     g = tuple(grid)
     run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _raw_stream(device), function, packed,
-        None, None, None, *full)
+        None, None, None, *made[1])
+
+
+_MISSING = object()
