@@ -208,3 +208,31 @@ def test_dispatch_routes_to_the_kernel(monkeypatch):
     with ops.backend("triton"):
         y = ops.int8_linear(x, w, 0.5, 0.25, out_dtype=torch.float32)
     assert calls and torch.equal(y, Q.int8_linear(x, w, 0.5, 0.25, out_dtype=torch.float32))
+
+
+def test_epilogue_args_memoized_per_scale_objects():
+    """A layer's fixed scales are validated once; per-token scales are read every call; a scale tensor
+    updated in place keeps its (pointer) entry valid."""
+    G._EPILOGUES.clear()
+    out = torch.empty(3, 8, dtype=torch.int8, device=DEV)
+    ws = torch.rand(8, device=DEV) + 0.5
+    bias = torch.randn(8, device=DEV)
+    ep = G.cached_epilogue_args(0.25, ws, bias, 0.5, 3, 8, out)
+    assert G.cached_epilogue_args(0.25, ws, bias, 0.5, 5, 8, torch.empty(5, 8, dtype=torch.int8, device=DEV)) is ep
+    assert ep["flags"] == dict(XS_MODE=0, WS_MODE=2, HAS_BIAS=True, OS_MODE=0) and ep["scales"][1] == 0.25
+    assert G.cached_epilogue_args(0.3, ws, bias, 0.5, 3, 8, out)["scales"][1] == 0.3
+    assert G.cached_epilogue_args(0.25, ws.clone(), bias, 0.5, 3, 8, out) is not ep
+    per_token = torch.rand(3, device=DEV)
+    a = G.cached_epilogue_args(per_token, ws, None, None, 3, 8, out)
+    assert a["flags"]["XS_MODE"] == 2 and a["scales"][0].data_ptr() == per_token.data_ptr()
+    assert G.cached_epilogue_args(per_token, ws, None, None, 3, 8, out) is not a
+    with pytest.raises(InvalidArgumentError):
+        G.cached_epilogue_args(torch.rand(4, device=DEV), ws, None, None, 3, 8, out)
+    with pytest.raises(InvalidArgumentError):
+        G.cached_epilogue_args(0.25, torch.rand(7, device=DEV), None, None, 3, 8, out)
+    x = torch.randint(-9, 9, (20, 16), dtype=torch.int8, device=DEV)
+    w = torch.randint(-9, 9, (8, 16), dtype=torch.int8, device=DEV)
+    for _ in range(2):
+        got = G.int8_linear(x, w, 0.25, ws, bias, out_dtype=torch.float32)
+        assert torch.equal(got, Q.int8_linear(x, w, 0.25, ws, bias, out_dtype=torch.float32))
+        ws.mul_(2)

@@ -305,9 +305,9 @@ def _check(x_q: Tensor, w_q: Tensor, bias: Tensor | None, out_scale: Scale | Non
         raise InvalidArgumentError(f"int8_linear needs int8 operands, got {x_q.dtype} and {w_q.dtype}")
     if w_q.dim() != 2 or x_q.dim() < 1 or x_q.shape[-1] != w_q.shape[1]:
         raise InvalidArgumentError(f"int8_linear shapes do not match: x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
-    if w_q.device != x_q.device:
+    if w_q.get_device() != x_q.get_device():
         raise InvalidArgumentError(f"int8_linear operands on {x_q.device} and {w_q.device}")
-    if bias is not None and (bias.numel() != w_q.shape[0] or bias.device != x_q.device):
+    if bias is not None and (bias.numel() != w_q.shape[0] or bias.get_device() != x_q.get_device()):
         raise InvalidArgumentError(f"bias must have {w_q.shape[0]} elements on {x_q.device}")
     if out_scale is None and out_dtype not in _FLOAT_OUT:
         raise InvalidArgumentError(f"out_dtype must be one of {_FLOAT_OUT}, got {out_dtype}")
@@ -321,7 +321,7 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     With ``out_scale`` (float or ``[N]``) the result is requantized to int8, else cast to ``out_dtype``.
     """
     _check(x_q, w_q, bias, out_scale, out_dtype)
-    lead, k, n = x_q.shape[:-1], x_q.shape[-1], w_q.shape[0]
+    k, n = x_q.shape[-1], w_q.shape[0]
     x2 = x_q.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -329,7 +329,7 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     m = x2.shape[0]
     out = torch.empty((m, n), dtype=torch.int8 if out_scale is not None else out_dtype, device=x_q.device)
     if m and n:
-        ep = epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
+        ep = cached_epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
         if m <= 4 and not interpreting():
             from .gemv import int8_gemv
 
@@ -338,7 +338,7 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
             launch_gemv(x2, w, out, ep, gemv_plan(n, k, num_sms(x2.device)))
         else:
             launch_gemm(x2, w, out, ep)
-    return out.reshape(*lead, n)
+    return out.view(*x_q.shape[:-1], n)
 
 
 def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
@@ -352,6 +352,40 @@ def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale
     b = bias.reshape(-1).contiguous() if bias is not None else out
     return dict(scales=(xs, xv, ws, wv, b, os_, ov),
                 flags=dict(XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode))
+
+
+# (scales and bias by value or tensor identity, n, device) -> (the scale objects, their epilogue arguments).
+# A hit needs no validation again; holding the objects keeps their ids from being reused while cached.
+_EPILOGUES: dict[tuple, tuple] = {}
+_DUMMIES: dict[torch.device, Tensor] = {}
+_MAX_EPILOGUES = 1024
+
+
+def _ident(s: Scale | Tensor | None):
+    return (id(s),) if isinstance(s, Tensor) else s
+
+
+def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
+                         m: int, n: int, out: Tensor) -> dict:
+    """``epilogue_args`` memoized for a layer's fixed scales (per-token ``x_scale`` tensors, which change
+    every call, and host tensors, read by value, are not memoized). Unused pointers point at a small
+    per-device dummy, so the result does not depend on ``out``."""
+    if isinstance(x_scale, Tensor) and x_scale.numel() != 1:
+        return epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
+    key = (_ident(x_scale), _ident(w_scale), _ident(bias), _ident(out_scale), n, out.device)
+    hit = _EPILOGUES.get(key)
+    if hit is not None:
+        return hit[1]
+    dummy = _DUMMIES.get(out.device)
+    if dummy is None:
+        dummy = _DUMMIES[out.device] = torch.zeros(16, dtype=torch.int8, device=out.device)
+    ep = epilogue_args(x_scale, w_scale, bias, out_scale, m, n, dummy)
+    objs = (x_scale, w_scale, bias, out_scale)
+    if all(not isinstance(t, Tensor) or t.device == out.device for t in objs):
+        if len(_EPILOGUES) >= _MAX_EPILOGUES:
+            _EPILOGUES.clear()
+        _EPILOGUES[key] = (objs, ep)
+    return ep
 
 
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
