@@ -29,10 +29,13 @@ def _table(prof, key: str, n: int) -> str:
 
 
 def gpu_total_us(prof) -> float:
-    """Summed self GPU time of every event of a torch.profiler run, in microseconds."""
+    """Summed GPU time of the device-side events (kernels, memcpy, memset) of a torch.profiler run, in
+    microseconds. CPU ops such as ``aten::mm`` also report the device time of their kernels as their own
+    self time; counting them too would count cuBLAS GEMMs and copies twice."""
     tot = 0.0
     for e in prof.key_averages():
-        tot += getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+        if e.device_type == DeviceType.CUDA:
+            tot += getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
     return tot
 
 
