@@ -1,7 +1,8 @@
 """Triton int8 conv1d (prefill, decode) and int8 norms against the W8A8 reference (qreference).
 
 Int8 outputs must equal the reference or be off by one where float rounding legitimately differs
-(counted, at most 0.1% of the elements). Outputs the wrappers allocate are poisoned first.
+(counted: at most 0.1% of the elements, or one element in a tensor of under 1000). Outputs the wrappers
+allocate are poisoned first.
 """
 from __future__ import annotations
 
@@ -20,17 +21,7 @@ from quamba.kernels._small_common import quantize_int8, round_half_even
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import DEV, poisoned_outputs, rel_err
-
-MAX_OFF_BY_ONE = 1e-3
-
-
-def assert_int8_close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype == torch.int8 and a.shape == b.shape
-    diff = (a.int() - b.int()).abs()
-    assert diff.max().item() <= 1
-    assert (diff > 0).float().mean().item() <= MAX_OFF_BY_ONE
-
+from kernel_checks import DEV, assert_int8_close, poisoned_outputs, rel_err
 
 def assert_spread(q: torch.Tensor) -> None:
     """The test values exercise rounding, not just saturation or zero."""

@@ -15,18 +15,9 @@ from quamba.kernels import state_update as K
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
+from kernel_checks import DEV, assert_int8_close, poisoned_outputs, rel_err, rnd
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
-MAX_OFF_BY_ONE = 1e-3
-
-
-def assert_int8_close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype == torch.int8
-    diff = (a.int() - b.int()).abs()
-    assert diff.max().item() <= 1
-    assert (diff > 0).float().mean().item() <= MAX_OFF_BY_ONE
-
 
 
 def q8(*shape):
