@@ -1,4 +1,5 @@
-"""Shared by the kernel tests: the test device, random inputs, poisoned allocations and the relative error."""
+"""Shared by the kernel tests: the test device, random inputs, poisoned allocations, the relative error and
+the int8 comparison."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -42,10 +43,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 MAX_OFF_BY_ONE = 1e-3
 
 
-def assert_int8_close(a: torch.Tensor, b: torch.Tensor, max_frac: float = MAX_OFF_BY_ONE) -> None:
+def q8(*shape):
+    """Fresh int8 codes over the whole range on ``DEV``."""
+    return torch.randint(-128, 128, shape, device=DEV, dtype=torch.int8)
+
+
+def assert_int8_close(a: torch.Tensor, b: torch.Tensor, max_frac: float = MAX_OFF_BY_ONE, at_least: int = 1) -> None:
     """Int8 codes equal, or off by one where float rounding legitimately differs: at most ``max_frac`` of
-    the elements, and always one (a small tensor's 0.1% is less than one element)."""
+    the elements, and always ``at_least`` (a small tensor's 0.1% is less than one element)."""
     assert a.dtype == b.dtype == torch.int8 and a.shape == b.shape
     diff = (a.int() - b.int()).abs()
     assert diff.max().item() <= 1
-    assert (diff > 0).sum().item() <= max(1, int(max_frac * diff.numel()))
+    assert (diff > 0).sum().item() <= max(at_least, int(max_frac * diff.numel()))

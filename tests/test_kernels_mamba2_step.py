@@ -25,7 +25,6 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 STEPS = 3
 
 
-
 def _in_proj_case(m, k, d_inner, conv_dim, heads, kc, dtype, bias):
     n = d_inner + conv_dim + heads
     return dict(h=rnd(m, k, dtype=dtype), weight=rnd(n, k, dtype=dtype, scale=k ** -0.5),

@@ -27,7 +27,6 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 STEPS = 3
 
 
-
 @pytest.mark.parametrize("m,k,n", [(1, 40, 24), (3, 72, 37), (2, 160, 96)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bias", [False, True])

@@ -21,15 +21,12 @@ from quamba.kernels._small_common import quantize_int8, round_half_even
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import DEV, assert_int8_close, poisoned_outputs, rel_err
+from kernel_checks import DEV, assert_int8_close, poisoned_outputs, q8, rel_err
+
 
 def assert_spread(q: torch.Tensor) -> None:
     """The test values exercise rounding, not just saturation or zero."""
     assert (q.abs() == 127).float().mean() < 0.3 and (q == 0).float().mean() < 0.3
-
-
-def q8(*shape):
-    return torch.randint(-128, 128, shape, device=DEV, dtype=torch.int8)
 
 
 def scales(kind: str, d: int, base: float):

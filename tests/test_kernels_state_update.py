@@ -15,13 +15,9 @@ from quamba.kernels import state_update as K
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import DEV, assert_int8_close, poisoned_outputs, rel_err, rnd
+from kernel_checks import DEV, assert_int8_close, poisoned_outputs, q8, rel_err, rnd
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}  # bf16: the interpreter truncates
-
-
-def q8(*shape):
-    return torch.randint(-128, 128, shape, device=DEV, dtype=torch.int8)
 
 
 def strided(b: int, d: int, dtype, pad: int = 9) -> torch.Tensor:

@@ -20,15 +20,9 @@ from quamba.models import MambaLM, init_random_weights
 from quamba.ops import fused_reference as FR
 from quamba.ops import qreference as Q
 
-from kernel_checks import DEV, poisoned_outputs, rel_err, rnd
+from kernel_checks import DEV, poisoned_outputs, q8, rel_err, rnd
 
 torch.set_grad_enabled(False)
-
-
-
-
-def q8(*shape):
-    return torch.randint(-128, 128, shape, device=DEV, dtype=torch.int8)
 
 
 def assert_codes(a: torch.Tensor, b: torch.Tensor, max_frac: float = 2e-3) -> None:
