@@ -1,7 +1,9 @@
 """Pieces shared by the small memory-bound kernels (conv, norms, decode state updates).
 
 - scale arguments: a scale arrives as a Python float, a one-element tensor or a per-channel tensor;
-  ``scale_arg`` turns it into (pointer, value, mode) so one kernel serves all three without host syncs;
+  ``scale_arg`` turns it into (pointer, value, mode) so one kernel serves all three without host syncs
+  (``device_scale_arg``: the same with a stand-in tensor for unread pointers, for the GEMM and Hadamard
+  epilogues);
 - exact int8 quantization (``torch.round(y / s)`` + clamp): on the GPU a reciprocal multiply corrected
   by one fused residual step (the IEEE quotient without a division) and one ``cvt.rni.sat``; under the
   interpreter ``div_rn`` and round-half-to-even by the 1.5 * 2**23 trick;
@@ -36,6 +38,25 @@ def scale_arg(scale, channels: int, name: str) -> tuple[torch.Tensor | None, flo
 def per_tensor_scale_arg(scale, name: str) -> tuple[torch.Tensor | None, float, int]:
     """Like ``scale_arg`` for scales that must be per-tensor (a float or a one-element tensor)."""
     return scale_arg(scale, 1, name)
+
+
+def device_scale_arg(s, n: int, what: str, device: torch.device,
+                     dummy: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """``(pointer, value, mode)`` of a scale for a kernel whose unused pointer arguments must still be tensors:
+    mode 0 = Python float (or a one-element host tensor, read by value), 1 = one-element tensor, 2 = ``n``
+    entries, 3 = None; ``dummy`` stands in for the pointer where none is read."""
+    if s is None:
+        return dummy, 1.0, 3
+    if not isinstance(s, torch.Tensor):
+        return dummy, float(s), 0
+    if s.numel() not in (1, n):
+        raise InvalidArgumentError(f"{what} has {s.numel()} elements; expected 1 or {n}")
+    if s.device != device:
+        if s.numel() == 1 and s.device.type == "cpu":
+            return dummy, float(s.float()), 0
+        raise InvalidArgumentError(f"{what} is on {s.device}, the inputs on {device}")
+    s = s.reshape(-1).contiguous()
+    return s, 1.0, 1 if s.numel() == 1 else 2
 
 
 def pow2(n: int, lo: int = 1) -> int:

@@ -35,7 +35,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from ..ops import fused_reference as FR
 from ..quantization.hadamard import hadamard_matrix, supported_hadamard_size
-from ._small_common import ON_GPU, round_sat_int8
+from ._small_common import ON_GPU, device_scale_arg, round_sat_int8
 from .int8_gemm import num_sms
 from .pdl import pdl_args, pdl_sync
 from .gemv import check_rms
@@ -238,19 +238,6 @@ def _tables(n: int, tm: int, dtype: torch.dtype, device: torch.device) -> tuple[
     return hc.to(device=device, dtype=dtype), hr.to(device=device, dtype=torch.bfloat16)
 
 
-def _scale_arg(s: Scale, n: int, device: torch.device, dummy: Tensor) -> tuple[Tensor, float, int]:
-    if not isinstance(s, Tensor):
-        return dummy, float(s), 0
-    if s.numel() not in (1, n):
-        raise InvalidArgumentError(f"out_scale has {s.numel()} elements; expected 1 or {n}")
-    if s.device != device:
-        if s.numel() == 1 and s.device.type == "cpu":
-            return dummy, float(s.float()), 0
-        raise InvalidArgumentError(f"out_scale is on {s.device}, x on {device}")
-    s = s.reshape(-1).contiguous()
-    return s, 1.0, 1 if s.numel() == 1 else 2
-
-
 def _col_block(cp: int, row_tiles: int) -> int:
     if row_tiles <= 8:
         return min(16, cp)
@@ -295,7 +282,9 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
     warps = warps or (8 if not col_split and tm > _TILE else 4)
     in_kind = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[x2.dtype]
     hc, hr = _tables(n, tm, torch.float16 if in_kind == 0 else torch.bfloat16, x2.device)
-    os_ptr, os_val, os_mode = _scale_arg(out_scale, n, x2.device, out)
+    if out_scale is None:
+        raise InvalidArgumentError("hadamard_quant needs an out_scale")
+    os_ptr, os_val, os_mode = device_scale_arg(out_scale, n, "out_scale", x2.device, out)
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
     ss, group, eps = rms if rms is not None else (out, 0, 0.0)

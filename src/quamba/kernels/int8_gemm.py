@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
-from ._small_common import quantize_int8
+from ._small_common import device_scale_arg, quantize_int8
 from .launch import cdiv, current_stream, interpreting, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -284,22 +284,6 @@ def gemv_plan(n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     return block_n, block_k, cdiv(k_blocks, per), per * block_k
 
 
-def _scale_arg(s: Scale | None, n: int, what: str, device: torch.device, dummy: Tensor) -> tuple[Tensor, float, int]:
-    """``(pointer, value, mode)``: mode 0 = Python float, 1 = one-element tensor, 2 = ``n`` entries."""
-    if s is None:
-        return dummy, 1.0, 3
-    if not isinstance(s, Tensor):
-        return dummy, float(s), 0
-    if s.numel() not in (1, n):
-        raise InvalidArgumentError(f"{what} has {s.numel()} elements; expected 1 or {n}")
-    if s.device != device:
-        if s.numel() == 1 and s.device.type == "cpu":
-            return dummy, float(s.float()), 0
-        raise InvalidArgumentError(f"{what} is on {s.device}, the inputs on {device}")
-    s = s.reshape(-1).contiguous()
-    return s, 1.0, 1 if s.numel() == 1 else 2
-
-
 def _check(x_q: Tensor, w_q: Tensor, bias: Tensor | None, out_scale: Scale | None, out_dtype: torch.dtype) -> None:
     if x_q.dtype != torch.int8 or w_q.dtype != torch.int8:
         raise InvalidArgumentError(f"int8_linear needs int8 operands, got {x_q.dtype} and {w_q.dtype}")
@@ -346,9 +330,9 @@ def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale
     """Kernel arguments of the shared epilogue: ``scales`` (its seven pointer/value arguments, in order) and
     ``flags`` (its four mode constexprs, in kernel order); ``out`` stands in for pointers a mode does not read."""
     dev = out.device
-    xs, xv, xmode = _scale_arg(x_scale, m, "x_scale", dev, out)
-    ws, wv, wmode = _scale_arg(w_scale, n, "w_scale", dev, out)
-    os_, ov, omode = _scale_arg(out_scale, n, "out_scale", dev, out)
+    xs, xv, xmode = device_scale_arg(x_scale, m, "x_scale", dev, out)
+    ws, wv, wmode = device_scale_arg(w_scale, n, "w_scale", dev, out)
+    os_, ov, omode = device_scale_arg(out_scale, n, "out_scale", dev, out)
     b = bias.reshape(-1).contiguous() if bias is not None else out
     return dict(scales=(xs, xv, ws, wv, b, os_, ov),
                 flags=dict(XS_MODE=xmode, WS_MODE=wmode, HAS_BIAS=bias is not None, OS_MODE=omode))
