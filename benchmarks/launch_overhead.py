@@ -2,10 +2,9 @@
 
 Builds a model at a real shape (two layers), records the first launch of every kernel during one
 prefill, then times per launch (GPU kept busy-free: the loops are short and synchronized):
-``launch`` (ours, end to end), our Python alone (the cached launcher replaced by a no-op), the
-compiled kernel's launcher called directly, and Triton's C launch function without the Python
-``CudaLauncher.__call__`` around it (when this Triton version exposes it). Also times ``torch.empty``
-and an fp16 ``F.linear`` issue for comparison.
+``launch`` (ours, end to end), our Python alone (the cached launcher replaced by a no-op) and the
+compiled kernel's launcher called directly; prints the Python ``__call__`` of Triton's launcher class
+(what runs before its C launch). Also times ``torch.empty`` and an fp16 ``F.linear`` issue for comparison.
 Usage: PYTHONPATH=src python benchmarks/launch_overhead.py --shape mamba-2.8b --precision w8a8 [--json]
 """
 from __future__ import annotations
@@ -79,14 +78,15 @@ def record_launches(model, prompt) -> dict:
     return seen
 
 
-def breakdown(kernel, grid, a, k) -> dict:
+def breakdown(kernel, grid, a, k) -> tuple[dict, type | None]:
+    """Host microseconds per launch of one recorded launch, and the class of its compiled launcher."""
     row = {"args": len(a) + len(k)}
     row["launch_us"] = per_launch_us(lambda: L.launch(kernel, grid, *a, **k))
     types = tuple(map(type, a))
     go = L._slots.get((id(kernel), types, tuple(k)))
     if go is None:
         row["note"] = "not on the cached path"
-        return row
+        return row, None
     made = go(a, k)
     key = (go, torch.cuda.current_device(), made[0])
     run, function, packed = L._compiled[key]
@@ -98,14 +98,8 @@ def breakdown(kernel, grid, a, k) -> dict:
     g = tuple(grid) + (1,) * (3 - len(grid))
     stream = L._raw_stream(torch.cuda.current_device())
     row["compiled_run_us"] = per_launch_us(lambda: run(*g, stream, function, packed, None, None, None, *made[1]))
-    c_launch = getattr(run, "launch", None)
-    if c_launch is not None:
-        row["launcher_type"] = type(run).__name__
-        try:
-            row["launcher_call_src"] = inspect.getsource(type(run).__call__)[-900:]
-        except (OSError, TypeError):
-            pass
-    return row
+    row["launcher_type"] = type(run).__name__
+    return row, type(run)
 
 
 def main() -> None:
@@ -118,15 +112,14 @@ def main() -> None:
     prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, 1024), device="cuda")
     seen = record_launches(model, prompt)
     report = {"shape": args.shape, "precision": args.precision, "kernels": {}}
+    launcher = None
     for name, (kernel, grid, a, k) in sorted(seen.items()):
-        report["kernels"][name] = breakdown(kernel, grid, a, k)
+        report["kernels"][name], cls = breakdown(kernel, grid, a, k)
+        launcher = cls or launcher
     report["torch_empty_us"] = per_launch_us(lambda: torch.empty((1024, 10240), dtype=torch.int8, device="cuda"), 2000)
     x = torch.randn(1024, 2560, device="cuda", dtype=torch.float16)
     w = torch.randn(10240, 2560, device="cuda", dtype=torch.float16)
     report["F_linear_issue_us"] = per_launch_us(lambda: F.linear(x, w), 100)
-    src = None
-    for row in report["kernels"].values():
-        src = row.pop("launcher_call_src", src)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -134,8 +127,11 @@ def main() -> None:
             print(f"{name:28s} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in row.items()))
         print({k: round(v, 2) for k, v in report.items() if isinstance(v, float)})
-    if src:
-        print("---- launcher __call__ (tail) ----\n" + src)
+    if launcher is not None:
+        try:
+            print("---- launcher __call__ (tail) ----\n" + inspect.getsource(launcher.__call__)[-900:])
+        except (OSError, TypeError):
+            pass
 
 
 if __name__ == "__main__":
