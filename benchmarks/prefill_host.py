@@ -4,12 +4,19 @@ Wraps every dispatched ``quamba.ops`` function, ``quamba.kernels.launch.launch``
 ``JITFunction.run`` (the generic path, taken on cache misses) with wall-clock timers (no profiler), runs one prefill, and prints host microseconds per op call and per launch. Then times
 the bare host cost of a Triton launch through ``kernel[grid](...)`` and through the compiled
 kernel's own launcher, of ``torch.empty`` and of an fp16 ``F.linear`` issue.
-Usage: PYTHONPATH=src python benchmarks/prefill_host.py --shape mamba-2.8b --precision fp16,w8a8 [--json PATH]
+``--cprofile N`` adds the N functions with the most own time (cProfile) over three prefills without timers.
+Usage: PYTHONPATH=src python benchmarks/prefill_host.py --shape mamba-2.8b --precision fp16,w8a8 [--cprofile 30]
+       [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import importlib
+import io
 import json
+import pkgutil
+import pstats
 import sys
 import time
 from collections import defaultdict
@@ -20,6 +27,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+import quamba.kernels
 import quamba.ops as ops
 from quamba.cli.bench import build_model
 from quamba.kernels.launch import launch as fast
@@ -72,8 +80,11 @@ def per_op_host(model, prompt) -> dict:
             timers.calls[key] += 1
 
     JITFunction.run = jit_run
+    for info in pkgutil.iter_modules(quamba.kernels.__path__):  # a module imported later would bind the wrapper
+        importlib.import_module(f"quamba.kernels.{info.name}")
     patched = [m for m in list(sys.modules.values())
-               if getattr(m, "__name__", "").startswith("quamba.kernels.") and getattr(m, "launch", None) is fast]
+               if getattr(m, "__name__", "").startswith("quamba.kernels.") and m.__name__ != "quamba.kernels.launch"
+               and getattr(m, "launch", None) is fast]
     for m in patched:
         m.launch = cached_launch
     try:
@@ -97,6 +108,24 @@ def per_op_host(model, prompt) -> dict:
     rows = sorted(((k, timers.total[k] * 1e3, timers.calls[k]) for k in timers.total), key=lambda r: -r[1])
     return {"wall_ms": wall * 1e3, "rows": [{"name": k, "ms": ms, "calls": c, "us_per_call": ms * 1e3 / c}
                                             for k, ms, c in rows]}
+
+
+def cprofile_prefill(model, prompt, top: int, reps: int = 3) -> str:
+    """cProfile's table (own time) over ``reps`` eager prefills after a warm one."""
+    with torch.inference_mode():
+        cache = model.allocate_cache(1)
+        model(prompt, cache, last_only=True)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        for _ in range(reps):
+            cache.reset()
+            prof.enable()
+            model(prompt, cache, last_only=True)
+            prof.disable()
+            torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 @triton.jit
@@ -138,6 +167,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16,w8a8")
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--cprofile", type=int, default=0, metavar="N")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     report = {"shape": args.shape, "micro": launch_micro()}
@@ -153,6 +183,9 @@ def main() -> None:
         for row in r["rows"][:args.top]:
             print(f"  {row['name']:<40} {row['ms']:8.2f} ms {row['calls'] / n_layer:6.2f}/layer "
                   f"{row['us_per_call']:8.1f} us/call")
+        if args.cprofile:
+            print(f"== {args.shape} {prec}: cProfile, 3 prefills, by own time")
+            print(cprofile_prefill(model, prompt, args.cprofile))
         del model
         torch.cuda.empty_cache()
     if args.json:
