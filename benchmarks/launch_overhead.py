@@ -3,7 +3,9 @@
 Builds a model at a real shape (two layers), records the first launch of every kernel during one
 prefill, then times per launch (GPU kept busy-free: the loops are short and synchronized):
 ``launch`` (ours, end to end), our Python alone (the cached launcher replaced by a no-op) and the
-compiled kernel's launcher called directly; prints the Python ``__call__`` of Triton's launcher class
+compiled kernel's launcher called directly, with the data pointers as ints (how ``launch`` calls it) and with
+the tensors themselves (``compiled_run_tensors_us``: Triton then calls ``data_ptr`` and checks each pointer with
+the driver); prints the Python ``__call__`` of Triton's launcher class
 (what runs before its C launch). Also times ``torch.empty`` and an fp16 ``F.linear`` issue for comparison.
 Usage: PYTHONPATH=src python benchmarks/launch_overhead.py --shape mamba-2.8b --precision w8a8 [--json]
 """
@@ -98,6 +100,9 @@ def breakdown(kernel, grid, a, k) -> tuple[dict, type | None]:
     g = tuple(grid) + (1,) * (3 - len(grid))
     stream = L._raw_stream(torch.cuda.current_device())
     row["compiled_run_us"] = per_launch_us(lambda: run(*g, stream, function, packed, None, None, None, *made[1]))
+    as_tensors = (*a, *made[1][len(a):])
+    row["compiled_run_tensors_us"] = per_launch_us(lambda: run(*g, stream, function, packed, None, None, None,
+                                                               *as_tensors))
     row["launcher_type"] = type(run).__name__
     return row, type(run)
 

@@ -26,10 +26,10 @@ def test_spec_key_separates_what_triton_specializes_on():
 def test_launch_hooks_are_detected(monkeypatch):
     from triton import knobs
 
-    assert not L._hooks_set()
+    assert not L.hooks_set()
     knobs.runtime.launch_enter_hook.add(print)
     try:
-        assert L._hooks_set()
+        assert L.hooks_set()
     finally:
         knobs.runtime.launch_enter_hook.remove(print)
 
@@ -64,6 +64,8 @@ def test_cached_launches_follow_argument_properties():
             assert not y[mask].any()
         sizes.append(len(L._compiled))
     assert L._enabled and sizes[0] > 0 and sizes[1] == sizes[0]  # the second pass launched from the cache only
+    with pytest.raises(ValueError, match="cpu tensor"):  # pointers go as ints: a host tensor must still be caught
+        L.launch(_axpy, (8,), base.cpu(), torch.zeros_like(base), 2.0, 1024, 1, BLOCK=128)
 
 
 def test_launch_pattern_orders_arguments_and_keys_constexprs_by_value():
@@ -76,10 +78,11 @@ def test_launch_pattern_orders_arguments_and_keys_constexprs_by_value():
     args = (x, x[1:], 2.0, 1000, 3)
     go = L._make_slot(kernel, len(args), tuple(map(type, args)), ("BLOCK", "num_warps"))
     key, full = go(args, {"BLOCK": 128, "num_warps": 4})
-    assert full == (*args, 128)
-    assert key == (torch.float32, 0, torch.float32, 4, L.spec_key(1000)[1][0], L.spec_key(3)[1][0], 128, 4)
+    assert full == (x.data_ptr(), x[1:].data_ptr(), 2.0, 1000, 3, 128)  # tensors go to the launcher as pointers
+    assert key == (torch.float32, 0, False, torch.float32, 4, False, L.spec_key(1000)[1][0], L.spec_key(3)[1][0],
+                   128, 4)
     key2, _ = go((x, x[4:], 5.0, 1008, 19), {"BLOCK": 128, "num_warps": 4})
-    assert key2 != key and key2[3] == 0 and key2[4] != key[4] and key2[5] == key[5]
+    assert key2 != key and key2[4] == 0 and key2[6] != key[6] and key2[7] == key[7]
     assert go((x, x[1:], 2.0, 1000, 3), {"BLOCK": 64, "num_warps": 4})[0] != key
     assert L._make_slot(kernel, 4, tuple(map(type, args[:4])), ("stride", "BLOCK")) is None  # not a constexpr
     assert L._make_slot(kernel, 5, tuple(map(type, args)), ()) is None  # a constexpr missing

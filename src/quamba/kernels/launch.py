@@ -6,12 +6,16 @@ Python per launch with the 20-30 arguments our kernels take; on the H200 that ma
 host-bound. ``launch`` keys the compiled kernel on exactly what Triton specializes a launch on:
 
 - constexpr arguments and compile options (``num_warps``, ``launch_pdl``, ...) by value;
-- tensors by dtype and the data pointer's offset from 16-byte alignment;
+- tensors by dtype, the data pointer's offset from 16-byte alignment and whether they are on a GPU;
 - ints by ``== 1``, ``% 16 == 0`` and the 32-bit range; bools and None by value; floats by type;
 
 Each pattern of a launch (kernel, positional argument types, keyword names) gets one generated
 function that returns the key and the kernel's full argument list without a per-argument Python
-call, and a hit launches through the compiled kernel's own launcher. A miss
+call, and a hit launches through the compiled kernel's own launcher. Tensors reach that launcher as
+their data pointers (ints): given a tensor, Triton's C launcher calls its ``data_ptr`` method and asks
+the driver (``cuPointerGetAttribute``) whether the pointer is device memory, for every pointer of every
+launch. That check is kept where it matters: a tensor off the GPU changes the key, so its launch misses
+and takes the generic path, which raises Triton's own error. A miss
 (or anything unusual: the interpreter, launch hooks, an autotuner) goes through
 ``kernel[grid](...)``, which compiles and caches as usual. Results cannot differ from the generic
 path: the same compiled binary runs with the same arguments.
@@ -19,7 +23,7 @@ path: the same compiled binary runs with the same arguments.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from triton.runtime.jit import JITFunction
@@ -40,6 +44,7 @@ except AttributeError:  # a CPU-only torch
 
 _compiled: dict[tuple, tuple] = {}
 _slots: dict[tuple, Callable | None] = {}
+_pointers: dict[tuple, tuple[int, ...]] = {}  # launch pattern -> positions of its tensor arguments
 _enabled = not _INTERPRET and _raw_stream is not None
 
 
@@ -58,6 +63,11 @@ def next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length() if n > 1 else 1
 
 
+def current_device_index() -> int:
+    """The index of the current CUDA device (relaunches must fire from the device they were compiled on)."""
+    return _current_device()
+
+
 def current_stream(device: torch.device) -> int:
     """The raw handle of ``device``'s current CUDA stream (0 for a CPU device)."""
     if device.type != "cuda" or _raw_stream is None:
@@ -71,10 +81,15 @@ def current_stream(device: torch.device) -> int:
 _INT_CLASS = "(({a} == 1) + 2 * ({a} & 15 == 0) + 4 * ({a} >> 31))"
 
 
-def _part(a: str, t: type, const: bool) -> str | None:
-    """The key expression of one argument named ``a`` of type ``t`` (None: it adds nothing)."""
-    if t is _Tensor or t is _Parameter:
-        return f"{a}.dtype, {a}.data_ptr() & 15"
+def _is_tensor(t: type) -> bool:
+    return t is _Tensor or t is _Parameter
+
+
+def _part(a: str, t: type, const: bool, ptr: str | None = None) -> str | None:
+    """The key expression of one argument named ``a`` of type ``t`` (None: it adds nothing); ``ptr`` names
+    a tensor's data pointer when it is already computed."""
+    if _is_tensor(t):
+        return f"{a}.dtype, {ptr or a + '.data_ptr()'} & 15, {a}.is_cuda"
     if t is int and not const:
         return _INT_CLASS.format(a=a)
     if t is float and not const:
@@ -84,9 +99,9 @@ def _part(a: str, t: type, const: bool) -> str | None:
 
 def _make_slot(kernel, n: int, types: tuple[type, ...], kw: tuple[str, ...]) -> Callable | None:
     """For launches of ``kernel`` with ``n`` positional arguments of ``types`` and keywords ``kw``, one
-    generated function ``(args, kwargs) -> (key, all kernel arguments in order)``; None when the pattern
-    is not for the cache: the keywords must be the constexpr parameters past the positional ones (keyed by
-    value) and compile options."""
+    generated function ``(args, kwargs) -> (key, all kernel arguments in order, tensors as data pointers)``;
+    None when the pattern is not for the cache: the keywords must be the constexpr parameters past the
+    positional ones (keyed by value) and compile options."""
     names = [p.name for p in kernel.params]
     consts = [p.is_constexpr for p in kernel.params]
     if n > len(names) or any(not c or name not in kw for name, c in zip(names[n:], consts[n:])):
@@ -94,13 +109,16 @@ def _make_slot(kernel, n: int, types: tuple[type, ...], kw: tuple[str, ...]) -> 
     if any(k in names[:n] for k in kw):
         return None
     pos = [f"a{i}" for i in range(n)]
+    ptrs = [f"p{i}" if _is_tensor(t) else None for i, t in enumerate(types)]
     kws = [f"k{i}" for i in range(len(names) - n)]
-    parts = [_part(a, t, c) for a, t, c in zip(pos, types, consts)]
+    parts = [_part(a, t, c, p) for a, t, c, p in zip(pos, types, consts, ptrs)]
     options = sorted(k for k in kw if k not in names)
     body = [f"    {''.join(a + ', ' for a in pos)}= a"] if n else []
+    body += [f"    {p} = {a}.data_ptr()" for a, p in zip(pos, ptrs) if p]
     body += [f"    {k} = kw[{name!r}]" for k, name in zip(kws, names[n:])]
     key = [p for p in parts if p is not None] + kws + [f"kw[{o!r}]" for o in options]
-    body.append(f"    return ({''.join(k + ', ' for k in key)}), ({''.join(f + ', ' for f in pos + kws)})")
+    launched = [p or a for a, p in zip(pos, ptrs)] + kws
+    body.append(f"    return ({''.join(k + ', ' for k in key)}), ({''.join(f + ', ' for f in launched)})")
     scope: dict[str, Any] = {}
     exec("def go(a, kw):\n" + "\n".join(body) + "\n", scope)
     return scope["go"]
@@ -120,7 +138,7 @@ def spec_key(value: Any, constexpr: bool = False) -> tuple:
     return _key([value], [constexpr])
 
 
-def _hooks_set() -> bool:
+def hooks_set() -> bool:
     """Whether a launch hook is installed (Triton keeps them in ``HookChain`` objects, empty by default)."""
     if _knobs is None:
         return False
@@ -128,35 +146,78 @@ def _hooks_set() -> bool:
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
 
+class Relaunch(NamedTuple):
+    """A launch from the cache kept for reuse: the compiled kernel's launcher, the 3-D grid and the full
+    argument list with tensors as data pointers. ``fire(args)`` launches it with ``args`` (this list with
+    other pointers put in) on the device's current stream."""
+
+    run: Callable
+    function: Any
+    packed: Any
+    grid: tuple[int, int, int]
+    args: tuple
+    device: int
+    pointers: tuple[int, ...]  # positions in ``args`` that hold tensors' data pointers
+
+    def fire(self, args: Sequence[Any]) -> None:
+        g = self.grid
+        self.run(g[0], g[1], g[2], _raw_stream(self.device), self.function, self.packed, None, None, None, *args)
+
+
 def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)`` for a ``triton.jit`` kernel, through the compiled-kernel cache."""
+    found = _resolve(kernel, grid, args, kwargs)
+    if found is not None:
+        (run, function, packed), full, device = found
+        g = tuple(grid)
+        run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _raw_stream(device), function, packed,
+            None, None, None, *full)
+
+
+def launch_for_reuse(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> Relaunch | None:
+    """``launch``, also returning the launch for reuse (None when it did not go through the cache: the
+    interpreter, launch hooks, an uncacheable pattern, a first launch). A caller that fires it again with
+    other pointers must keep what the key covers unchanged: dtypes, devices, 16-byte alignment and the
+    int classes of the arguments; and must not fire it while ``hooks_set()``."""
+    found = _resolve(kernel, grid, args, kwargs)
+    if found is None:
+        return None
+    (run, function, packed), full, device = found
+    g = tuple(grid)
+    relaunch = Relaunch(run, function, packed, (g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1),
+                        full, device, _pointers[id(kernel), tuple(map(type, args)), tuple(kwargs)])
+    relaunch.fire(full)
+    return relaunch
+
+
+def _resolve(kernel, grid: Sequence[int], args: tuple, kwargs: dict) -> tuple | None:
+    """The cached compiled kernel of this launch, its full argument list and the device; or None after
+    launching through Triton's own path (a miss, which compiles and fills the cache, or a bypass)."""
     global _enabled
     if not _enabled or type(kernel) is not JITFunction:
         kernel[grid](*args, **kwargs)
-        return
+        return None
     types = tuple(map(type, args))
     slot = (id(kernel), types, tuple(kwargs))
     go = _slots.get(slot, _MISSING)
     if go is _MISSING:
         go = _slots[slot] = _make_slot(kernel, len(args), types, slot[2])
+        _pointers[slot] = tuple(i for i, t in enumerate(types) if _is_tensor(t))
     if go is None:
         kernel[grid](*args, **kwargs)
-        return
+        return None
     made = go(args, kwargs)
     device = _current_device()
     key = (go, device, made[0])
     hit = _compiled.get(key)
-    if hit is None or _hooks_set():
+    if hit is None or hooks_set():
         compiled = kernel[grid](*args, **kwargs)
         try:
             _compiled[key] = (compiled.run, compiled.function, compiled.packed_metadata)
         except AttributeError:
             _enabled = False
-        return
-    run, function, packed = hit
-    g = tuple(grid)
-    run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _raw_stream(device), function, packed,
-        None, None, None, *made[1])
+        return None
+    return hit, made[1], device
 
 
 _MISSING = object()
