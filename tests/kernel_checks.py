@@ -55,3 +55,42 @@ def assert_int8_close(a: torch.Tensor, b: torch.Tensor, max_frac: float = MAX_OF
     diff = (a.int() - b.int()).abs()
     assert diff.max().item() <= 1
     assert (diff > 0).sum().item() <= max(at_least, int(max_frac * diff.numel()))
+
+
+def interpreted_relaunch(monkeypatch, module):
+    """On the CPU, stand ``module.launch_for_reuse`` in with one that launches in the interpreter and returns
+    a ``Relaunch`` whose launcher maps the data pointers it is given back to the tensors that own them (every
+    ``torch.empty`` is registered, and poisoned; ``own(t)`` registers others) and runs the kernel in the
+    interpreter again: the pointers that a replay puts in are then checked by the results.
+    Returns ``(own, owners)``."""
+    from triton.runtime.jit import JITFunction
+    from quamba.kernels import launch as L
+
+    owners: dict[int, torch.Tensor] = {}
+    real_empty = torch.empty
+
+    def own(t):
+        owners.setdefault(t.data_ptr(), t)
+        return t
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return own(t.fill_(float("nan") if t.is_floating_point() else 77))
+
+    def run(g0, g1, g2, stream, kernel, packed, *rest):
+        kernel[(g0, g1, g2)](*[owners.get(a, a) if type(a) is int else a for a in rest[3:]])
+
+    def for_reuse(kernel, grid, *args, **kwargs):
+        kernel[grid](*args, **kwargs)
+        pointers = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+        for i in pointers:
+            own(args[i])
+        go = L._make_slot(JITFunction(kernel.fn), len(args), tuple(map(type, args)), tuple(kwargs))
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        return L.Relaunch(run, kernel, None, g, go(args, kwargs)[1], 0, pointers)
+
+    monkeypatch.setattr(L, "_raw_stream", lambda device: 0)
+    monkeypatch.setattr(L, "_current_device", lambda: 0)
+    monkeypatch.setattr(module, "launch_for_reuse", for_reuse)
+    monkeypatch.setattr(torch, "empty", empty)
+    return own, owners

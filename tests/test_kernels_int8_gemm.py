@@ -8,7 +8,7 @@ from quamba.errors import InvalidArgumentError
 from quamba.kernels import int8_gemm as G
 from quamba.ops import qreference as Q
 
-from kernel_checks import DEV
+from kernel_checks import DEV, interpreted_relaunch
 
 
 @pytest.fixture
@@ -236,3 +236,65 @@ def test_epilogue_args_memoized_per_scale_objects():
         got = G.int8_linear(x, w, 0.25, ws, bias, out_dtype=torch.float32)
         assert torch.equal(got, Q.int8_linear(x, w, 0.25, ws, bias, out_dtype=torch.float32))
         ws.mul_(2)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(SPLIT_K=3), dict(PERSIST=1)])
+@pytest.mark.parametrize("out_scale", [None, 0.5])
+def test_prefill_gemm_relaunch_matches_reference(config, out_scale, monkeypatch):
+    """A layer's GEMM is kept for reuse after its first launch; later calls with fresh inputs (and one with
+    another alignment, which must not reuse it) put their own pointers in and still match the reference."""
+    own, _ = interpreted_relaunch(monkeypatch, G)
+    monkeypatch.setattr(G, "split_counters", lambda *a, real=G.split_counters: own(real(*a)))
+    monkeypatch.setattr(G, "REPLAY", True)
+    G._REUSE.clear()
+    monkeypatch.setattr(G, "num_sms", lambda device: 2)
+    monkeypatch.setattr(G, "_INTERPRETER_TILE", dict(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_stages=1,
+                                                          num_warps=4, SPLIT_K=1), **config))
+    relaunched = []
+    real = G._relaunch_gemm
+    monkeypatch.setattr(G, "_relaunch_gemm", lambda r, x: relaunched.append(1) or real(r, x))
+    m, n, k = 37, 40, 96
+    w = _int8(n, k)
+    ws = torch.rand(n, device=DEV) * 0.02 + 1e-3
+    bias = torch.randn(n, device=DEV)
+    for i, lead in enumerate([(1, m), (1, m), (m,), (1, m), (1, m)]):
+        x = own(_int8(m * k + 16)[16 - (i == 3):][: m * k].view(*lead, k))  # call 3 misaligned (1 byte off)
+        got = G.int8_linear(x, w, 0.01, ws, bias, out_scale=out_scale)
+        ref = Q.int8_linear(x, w, 0.01, ws, bias, out_scale=out_scale)
+        assert got.shape == ref.shape and torch.equal(got, ref), i
+    assert len(relaunched) == 2  # calls 1 and 4 (call 2 is another shape, call 3 another alignment)
+    assert len(G._REUSE) == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [dict(), dict(SPLIT_K=4), dict(PERSIST=2)])
+@pytest.mark.parametrize("out_scale", [None, 0.5])
+def test_prefill_gemm_relaunch_gpu(config, out_scale, monkeypatch):
+    """The same on the GPU, through the compiled launcher: fresh inputs every call, one misaligned, an
+    in-place scale update and a weight whose storage is swapped (``w.data = ...``) between calls."""
+    m, n, k = 1000, 192, 640
+    cfg = dict(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_stages=3, num_warps=4, SPLIT_K=1), **config)
+    monkeypatch.setitem(G._TUNED, G.tune_key(m, n, k, torch.device(DEV), out_scale is not None), cfg)
+    relaunched = []
+    real = G._relaunch_gemm
+    monkeypatch.setattr(G, "_relaunch_gemm", lambda r, x: relaunched.append(1) or real(r, x))
+    w = torch.nn.Parameter(_int8(n, k), requires_grad=False)
+    ws = torch.rand(n, device=DEV) * 0.02 + 1e-3
+    bias = torch.randn(n, device=DEV)
+    w0 = torch.nn.Parameter(_int8(n, k), requires_grad=False)
+    for _ in range(2):  # compiled by another weight's first launches: w's own first call is kept for reuse
+        G.int8_linear(_int8(1, m, k), w0, 0.01, ws, bias, out_scale=out_scale)
+    relaunched.clear()
+    for i in range(6):
+        x = _int8(m * k + 16)[16 - (i == 3):][: m * k].view(1, m, k)
+        if i == 4:
+            ws.mul_(1.5)
+        if i == 5:
+            w.data = _int8(n, k)
+        got = G.int8_linear(x, w, 0.01, ws, bias, out_scale=out_scale)
+        ref = Q.int8_linear(x, w.data, 0.01, ws, bias, out_scale=out_scale)
+        if out_scale is None:
+            _assert_float_close(got, ref)
+        else:
+            _assert_int8_close(got, ref)
+    assert len(relaunched) == 3  # calls 1, 2 and 4 (3 is misaligned: kept apart; 5 has another weight address)

@@ -18,14 +18,17 @@ syncs with the host, so calls can be captured in CUDA graphs once the tuner has 
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from . import reuse
 from ._small_common import device_scale_arg, quantize_int8
-from .launch import cdiv, current_stream, interpreting, launch, next_pow2
+from .launch import (Relaunch, cdiv, current_device_index, current_stream, hooks_set, interpreting, launch,
+                     launch_for_reuse, next_pow2)
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -304,6 +307,13 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     ``x_scale``: float or per-token tensor (``M`` entries); ``w_scale``: float or per-channel ``[N]``.
     With ``out_scale`` (float or ``[N]``) the result is requantized to int8, else cast to ``out_dtype``.
     """
+    key = None
+    if REPLAY:
+        key = (reuse.signature(x_q), reuse.fixed(w_q), reuse.scalar_or_fixed(x_scale), reuse.scalar_or_fixed(w_scale),
+               reuse.fixed(bias), reuse.scalar_or_fixed(out_scale), out_dtype)
+        hit = _REUSE.get(key)
+        if hit is not None and not hooks_set() and hit.relaunch.device == current_device_index():
+            return _relaunch_gemm(hit, x_q)
     _check(x_q, w_q, bias, out_scale, out_dtype)
     k, n = x_q.shape[-1], w_q.shape[0]
     x2 = x_q.reshape(-1, k)
@@ -320,9 +330,59 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
             int8_gemv(x2, w, out, ep)
         elif m <= GEMV_MAX_M:
             launch_gemv(x2, w, out, ep, gemv_plan(n, k, num_sms(x2.device)))
+        elif key is not None and w is w_q and x2.data_ptr() == x_q.data_ptr() and _reusable(x_q.device, x_scale,
+                                                                                             w_scale, bias, out_scale):
+            made = launch_gemm(x2, w, out, ep, launcher=launch_for_reuse)
+            if made[0] is not None:
+                if len(_REUSE) >= reuse.MAX_ENTRIES:
+                    _REUSE.clear()
+                _REUSE[key] = _Reuse(*made, m, n, out.dtype, (*x_q.shape[:-1], n))
         else:
             launch_gemm(x2, w, out, ep)
     return out.view(*x_q.shape[:-1], n)
+
+
+class _Reuse(NamedTuple):
+    """A prefill GEMM launch kept for reuse: only the pointers of x, the output and the split-K workspace
+    change between calls with the same key (x's signature; the weight, bias and scale tensors by address,
+    as in ``reuse``; float scales by value). The split-K tile counters are looked up again at each call:
+    the stream's buffer can be replaced by a larger one."""
+    relaunch: Relaunch
+    part: int  # int32 elements of the split-K workspace (0: none)
+    tiles: int  # split-K tile counters (0: a persistent kernel, whose arguments hold no workspace)
+    m: int
+    n: int
+    dtype: torch.dtype
+    shape: tuple
+
+
+_REUSE: dict[tuple, _Reuse] = {}
+REPLAY = reuse.ENABLED
+
+
+def _reusable(device: torch.device, *scales) -> bool:
+    """Whether a launch with these scales and bias can be reused: no per-token scale (new every call) and no
+    host tensor (read by value when launched)."""
+    x_scale = scales[0]
+    if isinstance(x_scale, Tensor) and x_scale.numel() != 1:
+        return False
+    return all(not isinstance(t, Tensor) or t.device == device for t in scales)
+
+
+def _relaunch_gemm(r: _Reuse, x_q: Tensor) -> Tensor:
+    out = torch.empty((r.m, r.n), dtype=r.dtype, device=x_q.device)
+    args = list(r.relaunch.args)
+    args[0] = x_q.data_ptr()
+    args[2] = out.data_ptr()
+    if r.tiles:
+        if r.part:
+            part = torch.empty(r.part, dtype=torch.int32, device=x_q.device)
+            args[3] = part.data_ptr()
+            args[4] = split_counters(x_q.device, r.tiles).data_ptr()
+        else:
+            args[3] = args[4] = args[2]
+    r.relaunch.fire(args)
+    return out.view(r.shape)
 
 
 def epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
@@ -346,7 +406,8 @@ _MAX_EPILOGUES = 1024
 
 
 def _ident(s: Scale | Tensor | None):
-    return (id(s),) if isinstance(s, Tensor) else s
+    """A scale or bias by value, or a tensor by identity and address (``t.data = ...`` keeps the identity)."""
+    return (id(s), s.data_ptr()) if isinstance(s, Tensor) else s
 
 
 def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, out_scale: Scale | None,
@@ -372,11 +433,13 @@ def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, ou
     return ep
 
 
-def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None) -> None:
+def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None,
+                launcher: Callable = launch) -> tuple:
     """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps, optional SPLIT_K) skips tuning.
 
     Without one, the candidates of ``gemm_configs`` are timed on the first call of each ``tune_key``
     and the fastest is kept (the first call must therefore run eagerly, not under capture).
+    Returns ``_run_gemm``'s ``(launcher's result, workspace elements, tile counters)``.
     """
     m, k = x.shape
     n = w.shape[0]
@@ -387,7 +450,7 @@ def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None
         config = _TUNED.get(key)
         if config is None:
             config = _TUNED[key] = _tune(x, w, out, ep)
-    _run_gemm(x, w, out, ep, config)
+    return _run_gemm(x, w, out, ep, config, launcher)
 
 
 def tune_key(m: int, n: int, k: int, device: torch.device, int8_out: bool) -> tuple:
@@ -396,7 +459,9 @@ def tune_key(m: int, n: int, k: int, device: torch.device, int8_out: bool) -> tu
     return min(next_pow2(m), 4096), n, k, device, int8_out
 
 
-def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None:
+def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict, launcher: Callable = launch) -> tuple:
+    """Launch one GEMM with ``launcher``: ``(its result, split-K workspace elements, tile counters)``, the
+    counters 0 for the persistent kernel (see ``_relaunch_gemm``)."""
     m, k = x.shape
     n = w.shape[0]
     plan = _PLANS.get(id(config))
@@ -407,9 +472,10 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
     even_k = k % bk == 0
     if persist:
         progs = min(tiles, persist * num_sms(x.device))
-        launch(_gemm_persistent_kernel, (progs,), x, w, out, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
-               out.stride(0), *ep["flags"].values(), even_k, bm, bn, bk, group_m, progs, **options)
-        return
+        made = launcher(_gemm_persistent_kernel, (progs,), x, w, out, *ep["scales"], m, n, k, x.stride(0),
+                        w.stride(0), out.stride(0), *ep["flags"].values(), even_k, bm, bn, bk, group_m, progs,
+                        **options)
+        return made, 0, 0
     if split > 1:
         per = cdiv(cdiv(k, bk), split) * bk
         split = cdiv(k, per)
@@ -417,8 +483,10 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict) -> None
         cnt = split_counters(x.device, tiles)
     else:
         per, part, cnt = k, out, out
-    launch(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *ep["scales"], m, n, k, x.stride(0), w.stride(0),
-           out.stride(0), per, *ep["flags"].values(), even_k, bm, bn, bk, group_m, split, **options)
+    made = launcher(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *ep["scales"], m, n, k, x.stride(0),
+                    w.stride(0), out.stride(0), per, *ep["flags"].values(), even_k, bm, bn, bk, group_m, split,
+                    **options)
+    return made, (part.numel() if split > 1 else 0), tiles
 
 
 # id(config) -> (config, SPLIT_K, PERSIST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, compile options): every argument
