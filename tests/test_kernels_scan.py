@@ -102,6 +102,48 @@ def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, plan, tensor_s
     assert (diff > 0).float().mean().item() < 0.01
 
 
+@pytest.mark.parametrize("quant,plan", [(False, dict(chunk=8)), (False, dict(chunk=2, t_block=2)),
+                                        (True, dict(chunk=8))])
+def test_scan_replays_repeated_calls(quant, plan, monkeypatch):
+    """A call with the signature of an earlier one replays its launches with fresh inputs, outputs and scratch
+    (a plan with the combine pass too); another length or a misaligned input records its own."""
+    from kernel_checks import interpreted_relaunch
+    from quamba.kernels import reuse
+
+    own, _ = interpreted_relaunch(monkeypatch, K)
+    monkeypatch.setattr(K, "REPLAY", True)
+    K._REPLAYS.clear()
+    replays = []
+    run = reuse.Replay.run
+    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    bt, d, n = 2, 24, 16
+    _, _, A, _, _, D, _, bias, _ = _inputs(bt, 8, d, n, torch.float32)
+    s = dict(u=0.03, dt=0.02, B=0.03, C=0.04, z=0.03, state=0.05)
+    state_scale = torch.tensor(0.05)
+    for i, L in enumerate([21, 21, 13, 21, 21]):
+        u, delta, _, B, C, _, z, _, h0 = _inputs(bt, L, d, n, torch.float32, strided_bc=True)
+        for t in (u, delta, B, C, z, h0):
+            own(t)
+        if quant:
+            uq, dq, Bq, Cq, zq = (own(Q.quantize(t, s[k])) for t, k in ((u, "u"), (delta, "dt"), (B, "B"), (C, "C"),
+                                                                        (z, "z")))
+            if i == 3:  # one byte off 16-byte alignment
+                uq = own(torch.cat([uq.new_zeros(1), uq.flatten()])[1:].view(uq.shape))
+            h0q = own(Q.quantize(h0, s["state"]))
+            scales = (s["u"], s["dt"], s["z"], state_scale.reshape(1), s["B"], s["C"])
+            y, last = K._scan(uq, dq, A, Bq, Cq, D, zq, bias, True, h0q, torch.float16, scales, **plan)
+            y_ref, last_ref = Q.qselective_scan(uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"],
+                                                bias, s["state"], h0q)
+            assert _rel(y, y_ref) < 2e-3 and (last.int() - last_ref.int()).abs().max().item() <= 1
+        else:
+            if i == 3:  # 4 bytes off 16-byte alignment
+                u = own(torch.cat([u.new_zeros(1), u.flatten()])[1:].view(u.shape))
+            y, last = K._scan(u, delta, A, B, C, D, z, bias, True, h0, u.dtype, None, **plan)
+            y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+            assert _rel(y, y_ref) < 1e-5 and _rel(last, last_ref) < 1e-5, i
+    assert len(replays) == 2 and len(K._REPLAYS) == 3  # calls 1 and 4 replay call 0
+
+
 def test_selective_scan_rejects_bad_shapes():
     u, delta, A, B, C, D, z, bias, h0 = _inputs(1, 8, 32, 16, torch.float32)
     with pytest.raises(InvalidArgumentError):
@@ -148,3 +190,35 @@ def test_selective_scan_gpu_many_chunks_other_program_shape():
     y, last = K._scan(u, delta, A, B, C, D, z, bias, True, h0, u.dtype, None, chunk=64, bd=16, t_block=4)
     y_ref, last_ref = R.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
     assert _rel(y, y_ref) < 2e-3 and _rel(last, last_ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant", [False, True])
+def test_scan_replay_gpu(quant, monkeypatch):
+    """Repeated calls through the compiled launchers: the second and later calls replay the first."""
+    from quamba.kernels import reuse
+
+    replays = []
+    run = reuse.Replay.run
+    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    bt, L, d, n = 2, 300, 640, 16
+    _, _, A, _, _, D, _, bias, _ = _inputs(bt, 8, d, n, torch.float32, device="cuda")
+    s = dict(u=0.03, dt=0.02, B=0.03, C=0.04, z=0.03, state=0.05)
+    for _ in range(3):
+        u, delta, _, B, C, _, z, _, h0 = _inputs(bt, L, d, n, torch.float16, device="cuda", strided_bc=True)
+        if quant:
+            uq, dq, Bq, Cq, zq = (Q.quantize(t.float(), s[k]) for t, k in ((u, "u"), (delta, "dt"), (B, "B"),
+                                                                          (C, "C"), (z, "z")))
+            h0q = Q.quantize(h0, s["state"])
+            y, last = K.qselective_scan(uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"], bias,
+                                        s["state"], h0q)
+            y_ref, last_ref = Q.qselective_scan(uq, s["u"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], D, zq, s["z"],
+                                                bias, s["state"], h0q)
+            assert _rel(y, y_ref) < 2e-3
+            assert_int8_close(last, last_ref)
+        else:
+            y, last = K.selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+            y_ref, last_ref = R.selective_scan(u.float(), delta.float(), A, B.float(), C.float(), D, z.float(), bias,
+                                               True, h0)
+            assert _rel(y, y_ref) < 2e-3 and _rel(last, last_ref) < 1e-4
+    assert len(replays) >= 1

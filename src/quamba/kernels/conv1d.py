@@ -14,7 +14,8 @@ import triton.language as tl
 
 from .pdl import pdl_args, pdl_sync
 from ._small_common import old_taps, pow2, push_tap, silu, store_window
-from .launch import launch, cdiv
+from . import reuse
+from .launch import launch, launch_for_reuse, cdiv
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -156,6 +157,13 @@ def prefill_tile(L: int, d: int, token_stride: int, channel_stride: int) -> tupl
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,
                   initial_state: Tensor | None = None, update_state: bool = False) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``; see ``reference.causal_conv1d``."""
+    key = None
+    if REPLAY:
+        key = (reuse.signature(x), reuse.fixed(weight), reuse.fixed(bias), silu, reuse.signature(initial_state),
+               update_state)
+        hit = _REPLAYS.get_usable(key)
+        if hit is not None:
+            return hit.run([x] if initial_state is None else [x, initial_state])[0]
     if x.dim() != 3:
         raise InvalidArgumentError(f"causal_conv1d expects x [B, L, D], got {tuple(x.shape)}")
     bsz, L, d = x.shape
@@ -169,14 +177,26 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
     st = initial_state
     block_l, block_d, off64 = prefill_tile(L, d, x.stride(1), x.stride(2))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
-    launch(_conv_fwd_kernel, grid,
-           x, weight, bias_c, st, y, L, d,
-           x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
-           st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
-           st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-           K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
-           STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=4)
+    made = launch_for_reuse(_conv_fwd_kernel, grid,
+                            x, weight, bias_c, st, y, L, d,
+                            x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1),
+                            st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
+                            st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
+                            K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
+                            STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=4)
+    keep_conv(key, made, x, initial_state, y, [weight, bias])
     return y
+
+
+def keep_conv(key: tuple | None, made, x: Tensor, state: Tensor | None, y: Tensor, constants: list) -> None:
+    """Record a prefill conv launch (inputs ``x`` and the state; tensors among ``constants`` read by pointer)."""
+    if key is not None:
+        _REPLAYS.keep(key, reuse.record([made], [x] if state is None else [x, state], [y],
+                                        [t for t in constants if isinstance(t, Tensor)]))
+
+
+REPLAY = reuse.ENABLED
+_REPLAYS = reuse.ReplayTable()
 
 
 def update_block(d: int, bsz: int) -> tuple[int, int]:

@@ -39,7 +39,8 @@ from ._small_common import ON_GPU, device_scale_arg, round_sat_int8
 from .int8_gemm import num_sms
 from .pdl import pdl_args, pdl_sync
 from .gemv import check_rms
-from .launch import launch, cdiv, next_pow2
+from . import reuse
+from .launch import cdiv, launch_for_reuse, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -246,14 +247,15 @@ def _col_block(cp: int, row_tiles: int) -> int:
 
 def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool | None = None, bk: int | None = None,
            bc: int | None = None, warps: int | None = None, tm: int | None = None, stages: int | None = None,
-           programs: int | None = None, rms: tuple[Tensor, int, float] | None = None, pdl: bool = True) -> None:
+           programs: int | None = None, rms: tuple[Tensor, int, float] | None = None, pdl: bool = True) -> tuple:
     """Run the kernel on ``x2 [M, n]`` (unit column stride) into int8 ``out [M, n]``.
 
     The keyword arguments override the launch shape (tests and the benchmark sweep): ``tm`` tile width
     (rows of length ``C`` per tile, packing ``tm // R`` rows), ``bk``/``bc`` column chunk/block,
     ``programs`` caps the row-tile grid (the programs then loop over tiles). ``rms = (ss, group, eps)``
     (column blocks only; ``group`` a multiple of ``C``) normalizes the input first, as in ``rms_linear``.
-    ``pdl=False`` launches without programmatic dependent launch even inside a capture."""
+    ``pdl=False`` launches without programmatic dependent launch even inside a capture.
+    Returns ``launch_for_reuse``'s result and the long-lived tensors the launch reads (for ``reuse.record``)."""
     m, n = x2.shape
     r, c, rp, cp = tile_plan(n)
     if rms is not None:
@@ -288,30 +290,41 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
     inv_sqrt_n = 1.0 / math.sqrt(n)
     mult = inv_sqrt_n / os_val if os_val != 0 else math.copysign(math.inf, os_val)
     ss, group, eps = rms if rms is not None else (out, 0, 0.0)
-    launch(_hadamard_quant_kernel, grid,
-           x2, out, hc, hr, os_ptr, ss, mult, inv_sqrt_n, float(eps), m, x2.stride(0), out.stride(0),
-           ss.stride(0) if rms is not None else 0,
-           R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind, OS_MODE=os_mode,
-           GROUP=group, num_warps=warps, num_stages=stages or 1,
-           **(pdl_args(x2) if pdl else {"USE_PDL": False}))
+    made = launch_for_reuse(_hadamard_quant_kernel, grid,
+                            x2, out, hc, hr, os_ptr, ss, mult, inv_sqrt_n, float(eps), m, x2.stride(0), out.stride(0),
+                            ss.stride(0) if rms is not None else 0,
+                            R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind,
+                            OS_MODE=os_mode, GROUP=group, num_warps=warps, num_stages=stages or 1,
+                            **(pdl_args(x2) if pdl else {"USE_PDL": False}))
+    return made, (hc, hr, os_ptr)
 
 
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     """``quantize(x @ H_n^T / sqrt(n), out_scale)`` over the last dim ``n`` of fp16/bf16/fp32 ``x``."""
+    key = None
+    if REPLAY and isinstance(x, Tensor):
+        key = (reuse.signature(x), reuse.scalar_or_fixed(out_scale), pdl_args(x)["USE_PDL"])
+        hit = _REPLAYS.get_usable(key)
+        if hit is not None:
+            return hit.run([x])[0]
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0:
         raise InvalidArgumentError("hadamard_quant needs a floating-point tensor with at least one dimension")
     n = x.shape[-1]
     tile_plan(n)
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        x = x.float()
-    x2 = x.reshape(-1, n)
+    x2 = (x if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.float()).reshape(-1, n)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     if x2.shape[0] == 0:
         return out
-    launch_hadamard(x2, out.view(-1, n), out_scale)
+    made, constants = launch_hadamard(x2, out.view(-1, n), out_scale)
+    if key is not None:
+        _REPLAYS.keep(key, reuse.record([made], [x], [out], constants))
     return out
+
+
+REPLAY = reuse.ENABLED
+_REPLAYS = reuse.ReplayTable()
 
 
 def rms_hadamard_quant(gw: Tensor, ss: Tensor, group: int, eps: float, out_scale: Scale) -> Tensor:

@@ -15,7 +15,8 @@ from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8,
                             store_window)
 from .conv1d import _check_common, check_state, conv_tile, prefill_tile, store_final_state, update_block
 from .gemv import scratch_plan, zero_scratch
-from .launch import launch, cdiv
+from . import conv1d as CV, reuse
+from .launch import launch, launch_for_reuse, cdiv
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -107,6 +108,13 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
                    b_scale: Scale | None, out_scale: Scale, initial_state: Tensor | None = None,
                    update_state: bool = False) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
+    key = None
+    if CV.REPLAY:
+        key = (reuse.signature(x_q), reuse.fixed(w_q), reuse.fixed(b_q), reuse.signature(initial_state),
+               update_state, *map(reuse.scalar_or_fixed, (x_scale, w_scale, b_scale, out_scale)))
+        hit = CV._REPLAYS.get_usable(key)
+        if hit is not None:
+            return hit.run([x_q] if initial_state is None else [x_q, initial_state])[0]
     if x_q.dim() != 3:
         raise InvalidArgumentError(f"qcausal_conv1d expects x [B, L, D], got {tuple(x_q.shape)}")
     bsz, L, d = x_q.shape
@@ -122,14 +130,15 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
     st = initial_state
     block_l, block_d, off64 = prefill_tile(L, d, x_q.stride(1), x_q.stride(2))
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
-    launch(_qconv_fwd_kernel, grid,
-           x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
-           x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
-           st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
-           st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-           XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-           HAS_STATE=st is not None, STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64,
-           num_warps=4)
+    made = launch_for_reuse(_qconv_fwd_kernel, grid,
+                            x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+                            x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
+                            st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
+                            st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
+                            XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
+                            HAS_STATE=st is not None, STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d,
+                            OFF64=off64, num_warps=4)
+    CV.keep_conv(key, made, x_q, initial_state, y, [w_q, b_q, x_scale, w_scale, b_scale, out_scale])
     return y
 
 

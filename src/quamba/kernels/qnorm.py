@@ -11,9 +11,10 @@ import triton
 import triton.language as tl
 
 from ._small_common import load_scale, pow2, quantize_int8, scale_arg
+from . import norm as N, reuse
 from .norm import launch_gated, norm_warps, residual_sum, rows_of
 from .pdl import pdl_args, pdl_sync
-from .launch import launch
+from .launch import launch_for_reuse
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -41,6 +42,14 @@ def _qadd_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, os_ptr, os_val, D,
 def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float, out_scale: Scale,
                   residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """Residual add + RMSNorm with int8 output: ``(int8 normed, new residual)``; see ``qreference``."""
+    pdl = pdl_args(x)
+    key = None
+    if N.REPLAY:
+        key = (reuse.signature(x), reuse.signature(residual), reuse.fixed(weight), eps, residual_in_fp32,
+               pdl["USE_PDL"], reuse.scalar_or_fixed(out_scale))
+        hit = N._REPLAYS.get_usable(key)
+        if hit is not None:
+            return N.replayed_norm(hit, x, residual)
     d = x.shape[-1]
     if not (residual is None or residual.shape == x.shape):
         raise InvalidArgumentError(f"residual {None if residual is None else tuple(residual.shape)} does not match x "
@@ -58,11 +67,13 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
     if rows == 0 or d == 0:
         return y, res
     block = pow2(d, 16)
-    launch(_qadd_rms_norm_kernel, (rows,),
-           x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
-           r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
-           HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,
-           BLOCK=block, num_warps=norm_warps(block), **pdl_args(x2))
+    made = launch_for_reuse(_qadd_rms_norm_kernel, (rows,),
+                            x2, r2, weight, y, res if store_res else x2, os_, osv, d, x2.stride(0),
+                            r2.stride(0) if r2 is not None else 0, d, d if store_res else x2.stride(0), float(eps),
+                            HAS_RES=residual is not None, HAS_W=weight is not None, STORE_RES=store_res, OS_M=osm,
+                            BLOCK=block, num_warps=norm_warps(block), **pdl)
+    if key is not None:
+        N.keep_norm(key, made, x, residual, y, res if store_res else None, [weight, out_scale])
     return y, res
 
 

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from .selective_scan import _scale, quantize_int8, scalar_arg, softplus
-from .launch import launch, cdiv, next_pow2
+from . import reuse
+from .launch import launch_for_reuse, cdiv, next_pow2
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -289,7 +290,17 @@ _TORCH = {v: k for k, v in _OP.items()}
 
 
 def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, out_dtype, scales):
-    """Shared wrapper; ``scales`` = (x, dt, B, C, state) scales on the int8 path, None for fp inputs."""
+    """Shared wrapper; ``scales`` = (x, dt, B, C, state) scales on the int8 path, None for fp inputs. A call
+    with the signature of an earlier one replays its launches (``reuse``)."""
+    key = None
+    if REPLAY:
+        key = (reuse.signature(x), reuse.signature(dt), reuse.signature(B), reuse.signature(C), chunk_size,
+               reuse.fixed(A), reuse.fixed(D), reuse.fixed(dt_bias), bool(dt_softplus), tuple(dt_limit),
+               reuse.signature(init), out_dtype, scales and tuple(map(reuse.scalar_or_fixed, scales)))
+        hit = _REPLAYS.get_usable(key)
+        if hit is not None:
+            made = hit.run([x, dt, B, C] if init is None else [x, dt, B, C, init])
+            return made[0], made[1]
     if x.dim() != 4:
         raise InvalidArgumentError(f"x must be [B, L, H, P], got {tuple(x.shape)}")
     bt, L, h, p = x.shape
@@ -347,28 +358,37 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     bias_ = dt_bias.reshape(-1) if dt_bias is not None else A_
     D_ = D.reshape(-1) if D is not None else A_
 
-    launch(_state_kernel, (nc, bt * h, cdiv(n, bn)),
+    launches = [launch_for_reuse(_state_kernel, (nc, bt * h, cdiv(n, bn)),
            x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
            *x.stride(), *dt.stride(), *B.stride(),
            QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
-           SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)
-    launch(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
+           SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)]
+    launches.append(launch_for_reuse(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
            B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
-           QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4)
+           QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4))
     size = p * n
     bs = min(1024, next_pow2(size))
     init_ = init.contiguous() if init is not None else last
     sin = torch.empty(bt, nc, h, p, n, device=dev, dtype=_TORCH[op])
-    launch(_pass_kernel, (cdiv(size, bs), bt * h),
+    launches.append(launch_for_reuse(_pass_kernel, (cdiv(size, bs), bt * h),
            st, cs, init_, sin, last, h, nc, size, ss,
-           QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4)
+           QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4))
     two = OUT_TWO_HEADS and (h // g) % 2 == 0
-    launch(_out_kernel, (T // bm, nc, bt * h // (2 if two else 1)),
+    launches.append(launch_for_reuse(_out_kernel, (T // bm, nc, bt * h // (2 if two else 1)),
            x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
            *x.stride(), *C.stride(), *y.stride(),
            QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,
-           BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2)
+           BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2))
+    if key is not None:
+        constants = [t for t in (A, D, dt_bias) if t is not None] + [s for s in (sx, sdt, sb, sc, ss)
+                                                                    if isinstance(s, Tensor)]
+        inputs = [x, dt, B, C] if init is None else [x, dt, B, C, init]
+        _REPLAYS.keep(key, reuse.record(launches, inputs, [y, last, dtp, cs, st, cb, sin], constants))
     return y, last
+
+
+REPLAY = reuse.ENABLED  # replay repeated calls (tests of the replay switch it on under the interpreter)
+_REPLAYS = reuse.ReplayTable()
 
 
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
