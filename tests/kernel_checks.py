@@ -94,3 +94,18 @@ def interpreted_relaunch(monkeypatch, module):
     monkeypatch.setattr(module, "launch_for_reuse", for_reuse)
     monkeypatch.setattr(torch, "empty", empty)
     return own, owners
+
+
+def replaying(monkeypatch, launching, table):
+    """``interpreted_relaunch`` for the wrappers of ``launching`` with the replays of ``table`` (the module
+    holding ``REPLAY`` and ``_REPLAYS``) switched on and emptied. Returns ``(own, replays)``: ``replays``
+    gets an entry per replayed call."""
+    from quamba.kernels import reuse
+
+    own, _ = interpreted_relaunch(monkeypatch, launching)
+    monkeypatch.setattr(table, "REPLAY", True)
+    table._REPLAYS.clear()
+    replays = []
+    run = reuse.Replay.run
+    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    return own, replays

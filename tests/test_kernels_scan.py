@@ -107,15 +107,9 @@ def test_qselective_scan_matches_reference(poisoned, bt, L, d, n, plan, tensor_s
 def test_scan_replays_repeated_calls(quant, plan, monkeypatch):
     """A call with the signature of an earlier one replays its launches with fresh inputs, outputs and scratch
     (a plan with the combine pass too); another length or a misaligned input records its own."""
-    from kernel_checks import interpreted_relaunch
-    from quamba.kernels import reuse
+    from kernel_checks import replaying
 
-    own, _ = interpreted_relaunch(monkeypatch, K)
-    monkeypatch.setattr(K, "REPLAY", True)
-    K._REPLAYS.clear()
-    replays = []
-    run = reuse.Replay.run
-    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    own, replays = replaying(monkeypatch, K, K)
     bt, d, n = 2, 24, 16
     _, _, A, _, _, D, _, bias, _ = _inputs(bt, 8, d, n, torch.float32)
     s = dict(u=0.03, dt=0.02, B=0.03, C=0.04, z=0.03, state=0.05)

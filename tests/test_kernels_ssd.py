@@ -154,36 +154,36 @@ def test_qssd_chunked_gpu_real_shapes(shape, bt, L):
     assert_int8_close(last, last_ref)
 
 
+def _check_ssd(quant, x, dt, A, B, C, D, bias, h0, T, own=lambda t: t):
+    """``ssd_chunked`` (or ``qssd_chunked`` on ``x, dt, B, C, h0`` quantized) against its reference."""
+    s = dict(x=0.03, dt=0.02, B=0.03, C=0.04, state=0.05)
+    if quant:
+        xq, dq, Bq, Cq = (own(Q.quantize(t.float(), s[k])) for t, k in ((x, "x"), (dt, "dt"), (B, "B"), (C, "C")))
+        h0q = own(Q.quantize(h0, s["state"]))
+        args = (xq, s["x"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], T, D, bias, s["state"])
+        y, last = K.qssd_chunked(*args, initial_state=h0q)
+        y_ref, last_ref = Q.qssd_chunked(*args, initial_state=h0q)
+        assert _rel(y, y_ref) < 2e-3
+        assert_int8_close(last, last_ref)
+    else:
+        y, last = K.ssd_chunked(x, dt, A, B, C, T, D, bias, True, (0.0, INF), h0)
+        y_ref, last_ref = R.ssd_chunked(x.float(), dt.float(), A, B.float(), C.float(), T, D, bias, True, (0.0, INF),
+                                        h0)
+        tol = 1e-5 if x.dtype == torch.float32 else 2e-3
+        assert _rel(y, y_ref) < tol and _rel(last, last_ref) < tol
+
+
 @pytest.mark.parametrize("quant", [False, True])
 def test_ssd_replays_repeated_calls(quant, monkeypatch):
     """A call with the signature of an earlier one replays its four launches with fresh inputs, outputs and
     scratch; another length records its own."""
-    from kernel_checks import interpreted_relaunch
-    from quamba.kernels import reuse
+    from kernel_checks import replaying
 
-    own, _ = interpreted_relaunch(monkeypatch, K)
-    monkeypatch.setattr(K, "REPLAY", True)
-    K._REPLAYS.clear()
-    replays = []
-    run = reuse.Replay.run
-    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    own, replays = replaying(monkeypatch, K, K)
     _, _, A, _, _, D, bias, _ = _inputs(2, 16, 4, 16, 2, 16, torch.float32)
-    s = dict(x=0.03, dt=0.02, B=0.03, C=0.04, state=0.05)
     for L in (21, 21, 13, 21):
         x, dt, _, B, C, _, _, h0 = (own(t) for t in _inputs(2, L, 4, 16, 2, 16, torch.float32, packed=True))
-        if quant:
-            xq, dq, Bq, Cq = (own(Q.quantize(t, s[k])) for t, k in ((x, "x"), (dt, "dt"), (B, "B"), (C, "C")))
-            h0q = own(Q.quantize(h0, s["state"]))
-            y, last = K.qssd_chunked(xq, s["x"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], 16, D, bias, s["state"],
-                                     initial_state=h0q)
-            y_ref, last_ref = Q.qssd_chunked(xq, s["x"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], 16, D, bias,
-                                             s["state"], initial_state=h0q)
-            assert _rel(y, y_ref) < 2e-3
-            assert_int8_close(last, last_ref)
-        else:
-            y, last = K.ssd_chunked(x, dt, A, B, C, 16, D, bias, True, (0.0, INF), h0)
-            y_ref, last_ref = R.ssd_chunked(x, dt, A, B, C, 16, D, bias, True, (0.0, INF), h0)
-            assert _rel(y, y_ref) < 1e-5 and _rel(last, last_ref) < 1e-5
+        _check_ssd(quant, x, dt, A, B, C, D, bias, h0, 16, own)
     assert len(replays) == 2 and len(K._REPLAYS) == 2
 
 
@@ -192,20 +192,6 @@ def test_ssd_replays_repeated_calls(quant, monkeypatch):
 def test_ssd_replay_gpu(quant):
     """Repeated calls through the compiled launchers (the later ones replay the first) at a Mamba2 head shape."""
     _, _, A, _, _, D, bias, _ = _inputs(2, 16, 16, 64, 1, 128, torch.float32, device="cuda")
-    s = dict(x=0.03, dt=0.02, B=0.03, C=0.04, state=0.05)
     for _ in range(3):
         x, dt, _, B, C, _, _, h0 = _inputs(2, 300, 16, 64, 1, 128, torch.float16, device="cuda", packed=True)
-        if quant:
-            xq, dq, Bq, Cq = (Q.quantize(t.float(), s[k]) for t, k in ((x, "x"), (dt, "dt"), (B, "B"), (C, "C")))
-            h0q = Q.quantize(h0, s["state"])
-            y, last = K.qssd_chunked(xq, s["x"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], 64, D, bias, s["state"],
-                                     initial_state=h0q)
-            y_ref, last_ref = Q.qssd_chunked(xq, s["x"], dq, s["dt"], A, Bq, s["B"], Cq, s["C"], 64, D, bias,
-                                             s["state"], initial_state=h0q)
-            assert _rel(y, y_ref) < 2e-3
-            assert_int8_close(last, last_ref)
-        else:
-            y, last = K.ssd_chunked(x, dt, A, B, C, 64, D, bias, True, (0.0, INF), h0)
-            y_ref, last_ref = R.ssd_chunked(x.float(), dt.float(), A, B.float(), C.float(), 64, D, bias, True,
-                                            (0.0, INF), h0)
-            assert _rel(y, y_ref) < 2e-3 and _rel(last, last_ref) < 2e-3
+        _check_ssd(quant, x, dt, A, B, C, D, bias, h0, 64)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quamba.kernels import conv1d as CV, hadamard as H, norm as N, qconv1d as QC, qnorm as QN, reuse
+from quamba.kernels import conv1d as CV, hadamard as H, norm as N, qconv1d as QC, qnorm as QN
 from quamba.ops import qreference as Q
 from quamba.ops import reference as R
 
-from kernel_checks import DEV, assert_int8_close, interpreted_relaunch, rnd
+from kernel_checks import DEV, assert_int8_close, replaying, rnd
 
 
 def _misaligned(x, by):
@@ -83,12 +83,7 @@ OPS = {  # op -> (checking call, module whose launches are replayed, module hold
 @pytest.mark.parametrize("op", list(OPS))
 def test_replayed_calls_match_the_reference(op, monkeypatch):
     check, launching, table = OPS[op]
-    own, _ = interpreted_relaunch(monkeypatch, launching)
-    monkeypatch.setattr(table, "REPLAY", True)
-    table._REPLAYS.clear()
-    replays = []
-    run = reuse.Replay.run
-    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replays.append(1) or run(self, inputs))
+    own, replays = replaying(monkeypatch, launching, table)
     d = 40
     _norm.w = own(rnd(d))
     _qnorm.scale = own(torch.tensor([0.03], device=DEV))  # a scale read through its pointer
@@ -104,9 +99,7 @@ def test_replayed_calls_match_the_reference(op, monkeypatch):
 
 def test_a_temporary_copy_is_not_replayed(monkeypatch):
     """A float64 input is converted in the call (a temporary the kernel reads): nothing is kept."""
-    own, _ = interpreted_relaunch(monkeypatch, H)
-    monkeypatch.setattr(H, "REPLAY", True)
-    H._REPLAYS.clear()
+    own, _ = replaying(monkeypatch, H, H)
     x = own(rnd(3, 40).double())
     assert_int8_close(H.hadamard_quant(x, 0.05), Q.hadamard_quant(x.float(), 0.05))
     assert not H._REPLAYS
