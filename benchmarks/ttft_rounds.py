@@ -1,0 +1,68 @@
+"""Time to first token of fp16 and W8A8, with and without replayed launches, in alternating rounds.
+
+TTFT is an eager prefill, host-bound on the H200 at these shapes, and host speed drifts within a run
+(one bench run read 33 ms for an fp16 prefill that reads 19 ms in others): interleaving the variants
+in rounds in one process and taking the median over rounds keeps the drift out of their ratios.
+Each round measures every variant with ``quamba.bench.cuda_time_ms`` (median of ``--repeats``).
+Replays are switched through the wrappers' ``REPLAY`` flags (``QUAMBA_REPLAY=0`` at start-up does the
+same for a whole process).
+Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+
+import torch
+
+from quamba.bench import cuda_time_ms
+from quamba.cli.bench import build_model
+from quamba.graphs import GraphDecoder
+
+REPLAY_MODULES = ("int8_gemm", "selective_scan", "ssd", "norm", "conv1d", "hadamard")
+
+
+def set_replay(on: bool) -> None:
+    for name in REPLAY_MODULES:
+        importlib.import_module(f"quamba.kernels.{name}").REPLAY = on
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="mamba-2.8b")
+    ap.add_argument("--prompt-len", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    decoders = {}
+    for prec in ("fp16", "w8a8"):
+        model = build_model(None, args.shape, prec)
+        prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, args.prompt_len), device="cuda")
+        decoders[prec] = (GraphDecoder(model, 1), prompt)
+    variants = [(prec, on) for on in (True, False) for prec in ("fp16", "w8a8")]
+    times: dict[str, list[float]] = {f"{p} replay={'on' if on else 'off'}": [] for p, on in variants}
+    for _ in range(args.rounds):
+        for prec, on in variants:
+            set_replay(on)
+            dec, prompt = decoders[prec]
+            times[f"{prec} replay={'on' if on else 'off'}"].append(
+                cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=args.repeats))
+    set_replay(True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    report = {"shape": args.shape, "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len,
+              "rounds": times, "median_ms": med,
+              "w8a8_over_fp16": {s: med[f"w8a8 replay={s}"] / med[f"fp16 replay={s}"] for s in ("on", "off")}}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for k, v in times.items():
+            print(f"{args.shape} {k:18s} median {med[k]:7.2f} ms  rounds " + " ".join(f"{t:.2f}" for t in v))
+        print(f"{args.shape} W8A8/fp16 TTFT: replay on {report['w8a8_over_fp16']['on']:.3f}, "
+              f"off {report['w8a8_over_fp16']['off']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
