@@ -274,7 +274,9 @@ def test_prefill_gemm_relaunch_gpu(config, out_scale, monkeypatch):
     in-place scale update and a weight whose storage is swapped (``w.data = ...``) between calls."""
     m, n, k = 1000, 192, 640
     cfg = dict(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_stages=3, num_warps=4, SPLIT_K=1), **config)
-    monkeypatch.setitem(G._TUNED, G.tune_key(m, n, k, torch.device(DEV), out_scale is not None), cfg)
+    dev = torch.device("cuda", torch.cuda.current_device())
+    monkeypatch.setitem(G._TUNED, G.tune_key(m, n, k, dev, out_scale is not None), cfg)
+    monkeypatch.setattr(G, "_REUSE", {})  # an earlier test's entry at the same addresses would count too
     relaunched = []
     real = G._relaunch_gemm
     monkeypatch.setattr(G, "_relaunch_gemm", lambda r, x: relaunched.append(1) or real(r, x))
