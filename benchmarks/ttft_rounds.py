@@ -4,14 +4,13 @@ TTFT is an eager prefill, host-bound on the H200 at these shapes, and host speed
 (one bench run read 33 ms for an fp16 prefill that reads 19 ms in others): interleaving the variants
 in rounds in one process and taking the median over rounds keeps the drift out of their ratios.
 Each round measures every variant with ``quamba.bench.cuda_time_ms`` (median of ``--repeats``).
-Replays are switched through the wrappers' ``REPLAY`` flags (``QUAMBA_REPLAY=0`` at start-up does the
+Replays are switched through ``quamba.kernels.reuse.ENABLED`` (``QUAMBA_REPLAY=0`` at start-up does the
 same for a whole process).
 Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--json]
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 
@@ -20,14 +19,7 @@ import torch
 from quamba.bench import cuda_time_ms
 from quamba.cli.bench import build_model
 from quamba.graphs import GraphDecoder
-
-REPLAY_MODULES = ("int8_gemm", "selective_scan", "ssd", "norm", "conv1d", "hadamard")
-
-
-def set_replay(on: bool) -> None:
-    for name in REPLAY_MODULES:
-        importlib.import_module(f"quamba.kernels.{name}").REPLAY = on
-
+from quamba.kernels import reuse
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -46,11 +38,11 @@ def main() -> None:
     times: dict[str, list[float]] = {f"{p} replay={'on' if on else 'off'}": [] for p, on in variants}
     for _ in range(args.rounds):
         for prec, on in variants:
-            set_replay(on)
+            reuse.ENABLED = on
             dec, prompt = decoders[prec]
             times[f"{prec} replay={'on' if on else 'off'}"].append(
                 cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=args.repeats))
-    set_replay(True)
+    reuse.ENABLED = True
     med = {k: statistics.median(v) for k, v in times.items()}
     report = {"shape": args.shape, "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len,
               "rounds": times, "median_ms": med,

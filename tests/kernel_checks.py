@@ -97,13 +97,13 @@ def interpreted_relaunch(monkeypatch, module):
 
 
 def replaying(monkeypatch, launching, table):
-    """``interpreted_relaunch`` for the wrappers of ``launching`` with the replays of ``table`` (the module
-    holding ``REPLAY`` and ``_REPLAYS``) switched on and emptied. Returns ``(own, replays)``: ``replays``
+    """``interpreted_relaunch`` for the wrappers of ``launching`` with replays switched on and the replay
+    table of ``table`` (the module holding ``_REPLAYS``) emptied. Returns ``(own, replays)``: ``replays``
     gets an entry per replayed call."""
     from quamba.kernels import reuse
 
     own, _ = interpreted_relaunch(monkeypatch, launching)
-    monkeypatch.setattr(table, "REPLAY", True)
+    monkeypatch.setattr(reuse, "ENABLED", True)
     table._REPLAYS.clear()
     replays = []
     run = reuse.Replay.run

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quamba.errors import InvalidArgumentError
-from quamba.kernels import int8_gemm as G
+from quamba.kernels import int8_gemm as G, reuse
 from quamba.ops import qreference as Q
 
 from kernel_checks import DEV, interpreted_relaunch
@@ -245,7 +245,7 @@ def test_prefill_gemm_relaunch_matches_reference(config, out_scale, monkeypatch)
     another alignment, which must not reuse it) put their own pointers in and still match the reference."""
     own, _ = interpreted_relaunch(monkeypatch, G)
     monkeypatch.setattr(G, "split_counters", lambda *a, real=G.split_counters: own(real(*a)))
-    monkeypatch.setattr(G, "REPLAY", True)
+    monkeypatch.setattr(reuse, "ENABLED", True)
     G._REUSE.clear()
     monkeypatch.setattr(G, "num_sms", lambda device: 2)
     monkeypatch.setattr(G, "_INTERPRETER_TILE", dict(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_stages=1,

@@ -73,7 +73,7 @@ def _qgated(shape, misaligned, own):
     torch.testing.assert_close(got.float(), ref.float(), rtol=2e-3, atol=2e-3)
 
 
-OPS = {  # op -> (checking call, module whose launches are replayed, module holding REPLAY and _REPLAYS)
+OPS = {  # op -> (checking call, module whose launches are replayed, module holding _REPLAYS)
     "add_rms_norm": (_norm, N, N), "qadd_rms_norm": (_qnorm, QN, N), "causal_conv1d": (_conv, CV, CV),
     "qcausal_conv1d": (_qconv, QC, CV), "hadamard_quant": (_hadamard, H, H), "gated_rms_norm": (_gated, N, N),
     "qgated_rms_norm": (_qgated, N, N),

@@ -158,7 +158,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
                   initial_state: Tensor | None = None, update_state: bool = False) -> Tensor:
     """Depthwise causal conv over ``x [B, L, D]`` with ``weight [D, K]``; see ``reference.causal_conv1d``."""
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x), reuse.fixed(weight), reuse.fixed(bias), silu, reuse.signature(initial_state),
                update_state)
         hit = _REPLAYS.get_usable(key)
@@ -195,7 +195,6 @@ def keep_conv(key: tuple | None, made, x: Tensor, state: Tensor | None, y: Tenso
                                         [t for t in constants if isinstance(t, Tensor)]))
 
 
-REPLAY = reuse.ENABLED
 _REPLAYS = reuse.ReplayTable()
 
 

@@ -302,7 +302,7 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
 def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     """``quantize(x @ H_n^T / sqrt(n), out_scale)`` over the last dim ``n`` of fp16/bf16/fp32 ``x``."""
     key = None
-    if REPLAY and isinstance(x, Tensor):
+    if reuse.ENABLED and isinstance(x, Tensor):
         key = (reuse.signature(x), reuse.scalar_or_fixed(out_scale), pdl_args(x)["USE_PDL"])
         hit = _REPLAYS.get_usable(key)
         if hit is not None:
@@ -323,7 +323,6 @@ def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     return out
 
 
-REPLAY = reuse.ENABLED
 _REPLAYS = reuse.ReplayTable()
 
 

@@ -308,7 +308,7 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     With ``out_scale`` (float or ``[N]``) the result is requantized to int8, else cast to ``out_dtype``.
     """
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x_q), reuse.fixed(w_q), reuse.scalar_or_fixed(x_scale), reuse.scalar_or_fixed(w_scale),
                reuse.fixed(bias), reuse.scalar_or_fixed(out_scale), out_dtype)
         hit = _REUSE.get(key)
@@ -357,7 +357,6 @@ class _Reuse(NamedTuple):
 
 
 _REUSE: dict[tuple, _Reuse] = {}
-REPLAY = reuse.ENABLED
 
 
 def _reusable(device: torch.device, *scales) -> bool:

@@ -91,7 +91,7 @@ def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps:
     """``residual += x`` then RMSNorm; returns ``(normed, new_residual)`` as ``reference.add_rms_norm``."""
     pdl = pdl_args(x)
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x), reuse.signature(residual), reuse.fixed(weight), eps, residual_in_fp32,
                pdl["USE_PDL"])
         hit = _REPLAYS.get_usable(key)
@@ -138,7 +138,6 @@ def replayed_norm(hit: reuse.Replay, x: Tensor, residual: Tensor | None) -> tupl
     return made[0], made[1] if len(made) > 1 else x
 
 
-REPLAY = reuse.ENABLED
 _REPLAYS = reuse.ReplayTable()
 
 
@@ -147,7 +146,7 @@ def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float,
     """Shared launcher of the (int8-gate or float-gate) gated RMSNorm kernel."""
     pdl = pdl_args(x)
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = ("gated", reuse.signature(x), reuse.signature(z), reuse.fixed(weight), eps, group_size, out_dtype,
                round_mid, reuse.scalar_or_fixed(zs), zs_val, zs_mode, pdl["USE_PDL"])
         hit = _REPLAYS.get_usable(key)

@@ -109,7 +109,7 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
                    update_state: bool = False) -> Tensor:
     """Int8 depthwise causal conv + SiLU with int8 output; see ``qreference.qcausal_conv1d``."""
     key = None
-    if CV.REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x_q), reuse.fixed(w_q), reuse.fixed(b_q), reuse.signature(initial_state),
                update_state, *map(reuse.scalar_or_fixed, (x_scale, w_scale, b_scale, out_scale)))
         hit = CV._REPLAYS.get_usable(key)

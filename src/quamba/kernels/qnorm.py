@@ -44,7 +44,7 @@ def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps
     """Residual add + RMSNorm with int8 output: ``(int8 normed, new residual)``; see ``qreference``."""
     pdl = pdl_args(x)
     key = None
-    if N.REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x), reuse.signature(residual), reuse.fixed(weight), eps, residual_in_fp32,
                pdl["USE_PDL"], reuse.scalar_or_fixed(out_scale))
         hit = N._REPLAYS.get_usable(key)

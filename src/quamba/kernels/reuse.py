@@ -28,7 +28,9 @@ from .launch import Relaunch, current_device_index, hooks_set, interpreting
 Tensor = torch.Tensor
 
 MAX_ENTRIES = 4096  # per table: all layers of a model at several prompt lengths (an entry is ~1 KB)
-ENABLED = os.environ.get("QUAMBA_REPLAY", "1") != "0" and not interpreting()  # QUAMBA_REPLAY=0: A/B runs
+# The one switch, read by every wrapper at each call (off under the interpreter, where launches are not cached;
+# tests switch it on with a stand-in launcher). QUAMBA_REPLAY=0 turns it off for a process (A/B runs).
+ENABLED = os.environ.get("QUAMBA_REPLAY", "1") != "0" and not interpreting()
 
 
 def signature(t: Tensor | None) -> tuple | None:

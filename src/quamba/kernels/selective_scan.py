@@ -447,7 +447,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     earlier one replays its launches (``reuse``).
     """
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(u), reuse.signature(dt), reuse.signature(B), reuse.signature(C),
                reuse.signature(z), reuse.signature(init), reuse.fixed(A), reuse.fixed(D), reuse.fixed(bias),
                bool(softplus_dt), out_dtype, scales and tuple(map(reuse.scalar_or_fixed, scales)), chunk, bd, t_block)
@@ -524,7 +524,6 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     return y, last
 
 
-REPLAY = reuse.ENABLED  # replay repeated calls (tests of the replay switch it on under the interpreter)
 _REPLAYS = reuse.ReplayTable()
 
 

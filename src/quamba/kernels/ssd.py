@@ -293,7 +293,7 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     """Shared wrapper; ``scales`` = (x, dt, B, C, state) scales on the int8 path, None for fp inputs. A call
     with the signature of an earlier one replays its launches (``reuse``)."""
     key = None
-    if REPLAY:
+    if reuse.ENABLED:
         key = (reuse.signature(x), reuse.signature(dt), reuse.signature(B), reuse.signature(C), chunk_size,
                reuse.fixed(A), reuse.fixed(D), reuse.fixed(dt_bias), bool(dt_softplus), tuple(dt_limit),
                reuse.signature(init), out_dtype, scales and tuple(map(reuse.scalar_or_fixed, scales)))
@@ -387,7 +387,6 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     return y, last
 
 
-REPLAY = reuse.ENABLED  # replay repeated calls (tests of the replay switch it on under the interpreter)
 _REPLAYS = reuse.ReplayTable()
 
 
