@@ -85,10 +85,11 @@ def breakdown(kernel, grid, a, k) -> tuple[dict, type | None]:
     row = {"args": len(a) + len(k)}
     row["launch_us"] = per_launch_us(lambda: L.launch(kernel, grid, *a, **k))
     types = tuple(map(type, a))
-    go = L._slots.get((id(kernel), types, tuple(k)))
-    if go is None:
+    entry = L._slots.get((id(kernel), types, tuple(k)))
+    if entry is None:
         row["note"] = "not on the cached path"
         return row, None
+    go = entry[0]
     made = go(a, k)
     key = (go, torch.cuda.current_device(), made[0])
     run, function, packed = L._compiled[key]

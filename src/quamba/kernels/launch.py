@@ -43,8 +43,8 @@ except AttributeError:  # a CPU-only torch
     _raw_stream = _current_device = None
 
 _compiled: dict[tuple, tuple] = {}
-_slots: dict[tuple, Callable | None] = {}
-_pointers: dict[tuple, tuple[int, ...]] = {}  # launch pattern -> positions of its tensor arguments
+# launch pattern -> (its generated key function, positions of its tensor arguments), or None: not cached
+_slots: dict[tuple, tuple[Callable, tuple[int, ...]] | None] = {}
 _enabled = not _INTERPRET and _raw_stream is not None
 
 
@@ -168,7 +168,7 @@ def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)`` for a ``triton.jit`` kernel, through the compiled-kernel cache."""
     found = _resolve(kernel, grid, args, kwargs)
     if found is not None:
-        (run, function, packed), full, device = found
+        (run, function, packed), full, device, _ = found
         g = tuple(grid)
         run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _raw_stream(device), function, packed,
             None, None, None, *full)
@@ -182,30 +182,32 @@ def launch_for_reuse(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> 
     found = _resolve(kernel, grid, args, kwargs)
     if found is None:
         return None
-    (run, function, packed), full, device = found
+    (run, function, packed), full, device, pointers = found
     g = tuple(grid)
     relaunch = Relaunch(run, function, packed, (g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1),
-                        full, device, _pointers[id(kernel), tuple(map(type, args)), tuple(kwargs)])
+                        full, device, pointers)
     relaunch.fire(full)
     return relaunch
 
 
 def _resolve(kernel, grid: Sequence[int], args: tuple, kwargs: dict) -> tuple | None:
-    """The cached compiled kernel of this launch, its full argument list and the device; or None after
-    launching through Triton's own path (a miss, which compiles and fills the cache, or a bypass)."""
+    """The cached compiled kernel of this launch, its full argument list, the device and the positions of
+    the tensor arguments; or None after launching through Triton's own path (a miss, which compiles and
+    fills the cache, or a bypass)."""
     global _enabled
     if not _enabled or type(kernel) is not JITFunction:
         kernel[grid](*args, **kwargs)
         return None
     types = tuple(map(type, args))
     slot = (id(kernel), types, tuple(kwargs))
-    go = _slots.get(slot, _MISSING)
-    if go is _MISSING:
-        go = _slots[slot] = _make_slot(kernel, len(args), types, slot[2])
-        _pointers[slot] = tuple(i for i, t in enumerate(types) if _is_tensor(t))
-    if go is None:
+    entry = _slots.get(slot, _MISSING)
+    if entry is _MISSING:
+        go = _make_slot(kernel, len(args), types, slot[2])
+        entry = _slots[slot] = None if go is None else (go, tuple(i for i, t in enumerate(types) if _is_tensor(t)))
+    if entry is None:
         kernel[grid](*args, **kwargs)
         return None
+    go, pointers = entry
     made = go(args, kwargs)
     device = _current_device()
     key = (go, device, made[0])
@@ -217,7 +219,7 @@ def _resolve(kernel, grid: Sequence[int], args: tuple, kwargs: dict) -> tuple | 
         except AttributeError:
             _enabled = False
         return None
-    return hit, made[1], device
+    return hit, made[1], device, pointers
 
 
 _MISSING = object()
