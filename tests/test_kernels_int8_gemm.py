@@ -246,7 +246,7 @@ def test_prefill_gemm_relaunch_matches_reference(config, out_scale, monkeypatch)
     own, _ = interpreted_relaunch(monkeypatch, G)
     monkeypatch.setattr(G, "split_counters", lambda *a, real=G.split_counters: own(real(*a)))
     monkeypatch.setattr(reuse, "ENABLED", True)
-    G._REUSE.clear()
+    G._REPLAYS.clear()
     monkeypatch.setattr(G, "num_sms", lambda device: 2)
     monkeypatch.setattr(G, "_INTERPRETER_TILE", dict(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2, num_stages=1,
                                                           num_warps=4, SPLIT_K=1), **config))
@@ -263,7 +263,7 @@ def test_prefill_gemm_relaunch_matches_reference(config, out_scale, monkeypatch)
         ref = Q.int8_linear(x, w, 0.01, ws, bias, out_scale=out_scale)
         assert got.shape == ref.shape and torch.equal(got, ref), i
     assert len(relaunched) == 2  # calls 1 and 4 (call 2 is another shape, call 3 another alignment)
-    assert len(G._REUSE) == 3
+    assert len(G._REPLAYS) == 3
 
 
 @pytest.mark.gpu
@@ -276,7 +276,7 @@ def test_prefill_gemm_relaunch_gpu(config, out_scale, monkeypatch):
     cfg = dict(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_stages=3, num_warps=4, SPLIT_K=1), **config)
     dev = torch.device("cuda", torch.cuda.current_device())
     monkeypatch.setitem(G._TUNED, G.tune_key(m, n, k, dev, out_scale is not None), cfg)
-    monkeypatch.setattr(G, "_REUSE", {})  # an earlier test's entry at the same addresses would count too
+    monkeypatch.setattr(G, "_REPLAYS", reuse.ReplayTable())  # else an entry at reused addresses could count
     relaunched = []
     real = G._relaunch_gemm
     monkeypatch.setattr(G, "_relaunch_gemm", lambda r, x: relaunched.append(1) or real(r, x))

@@ -27,8 +27,7 @@ import triton.language as tl
 from ..errors import InvalidArgumentError
 from . import reuse
 from ._small_common import device_scale_arg, quantize_int8
-from .launch import (Relaunch, cdiv, current_device_index, current_stream, hooks_set, interpreting, launch,
-                     launch_for_reuse, next_pow2)
+from .launch import Relaunch, cdiv, current_stream, interpreting, launch, launch_for_reuse, next_pow2
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -311,8 +310,8 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
     if reuse.ENABLED:
         key = (reuse.signature(x_q), reuse.fixed(w_q), reuse.scalar_or_fixed(x_scale), reuse.scalar_or_fixed(w_scale),
                reuse.fixed(bias), reuse.scalar_or_fixed(out_scale), out_dtype)
-        hit = _REUSE.get(key)
-        if hit is not None and not hooks_set() and hit.relaunch.device == current_device_index():
+        hit = _REPLAYS.get_usable(key)
+        if hit is not None:
             return _relaunch_gemm(hit, x_q)
     _check(x_q, w_q, bias, out_scale, out_dtype)
     k, n = x_q.shape[-1], w_q.shape[0]
@@ -330,13 +329,12 @@ def int8_linear(x_q: Tensor, w_q: Tensor, x_scale: Scale, w_scale: Scale, bias: 
             int8_gemv(x2, w, out, ep)
         elif m <= GEMV_MAX_M:
             launch_gemv(x2, w, out, ep, gemv_plan(n, k, num_sms(x2.device)))
-        elif key is not None and w is w_q and x2.data_ptr() == x_q.data_ptr() and _reusable(x_q.device, x_scale,
-                                                                                             w_scale, bias, out_scale):
+        elif key is not None and w is w_q and x2.data_ptr() == x_q.data_ptr() and _fixed_scales(x_q.device, x_scale,
+                                                                                                 w_scale, bias,
+                                                                                                 out_scale):
             made = launch_gemm(x2, w, out, ep, launcher=launch_for_reuse)
             if made[0] is not None:
-                if len(_REUSE) >= reuse.MAX_ENTRIES:
-                    _REUSE.clear()
-                _REUSE[key] = _Reuse(*made, m, n, out.dtype, (*x_q.shape[:-1], n))
+                _REPLAYS.keep(key, _Reuse(*made, m, n, out.dtype, (*x_q.shape[:-1], n)))
         else:
             launch_gemm(x2, w, out, ep)
     return out.view(*x_q.shape[:-1], n)
@@ -355,17 +353,21 @@ class _Reuse(NamedTuple):
     dtype: torch.dtype
     shape: tuple
 
+    @property
+    def device_index(self) -> int:
+        return self.relaunch.device
 
-_REUSE: dict[tuple, _Reuse] = {}
+
+_REPLAYS = reuse.ReplayTable()
 
 
-def _reusable(device: torch.device, *scales) -> bool:
-    """Whether a launch with these scales and bias can be reused: no per-token scale (new every call) and no
-    host tensor (read by value when launched)."""
-    x_scale = scales[0]
+def _fixed_scales(device: torch.device, x_scale, *others) -> bool:
+    """Whether an epilogue's scales and bias stay what they are between calls, so that its arguments can be
+    memoized or its launch replayed: no per-token ``x_scale`` (new every call) and no host tensor (read by
+    value when launched)."""
     if isinstance(x_scale, Tensor) and x_scale.numel() != 1:
         return False
-    return all(not isinstance(t, Tensor) or t.device == device for t in scales)
+    return all(not isinstance(t, Tensor) or t.device == device for t in (x_scale, *others))
 
 
 def _relaunch_gemm(r: _Reuse, x_q: Tensor) -> Tensor:
@@ -414,7 +416,7 @@ def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, ou
     """``epilogue_args`` memoized for a layer's fixed scales (per-token ``x_scale`` tensors, which change
     every call, and host tensors, read by value, are not memoized). Unused pointers point at a small
     per-device dummy, so the result does not depend on ``out``."""
-    if isinstance(x_scale, Tensor) and x_scale.numel() != 1:
+    if not _fixed_scales(out.device, x_scale, w_scale, bias, out_scale):
         return epilogue_args(x_scale, w_scale, bias, out_scale, m, n, out)
     key = (_ident(x_scale), _ident(w_scale), _ident(bias), _ident(out_scale), n, out.device)
     hit = _EPILOGUES.get(key)
@@ -424,11 +426,9 @@ def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, ou
     if dummy is None:
         dummy = _DUMMIES[out.device] = torch.zeros(16, dtype=torch.int8, device=out.device)
     ep = epilogue_args(x_scale, w_scale, bias, out_scale, m, n, dummy)
-    objs = (x_scale, w_scale, bias, out_scale)
-    if all(not isinstance(t, Tensor) or t.device == out.device for t in objs):
-        if len(_EPILOGUES) >= _MAX_EPILOGUES:
-            _EPILOGUES.clear()
-        _EPILOGUES[key] = (objs, ep)
+    if len(_EPILOGUES) >= _MAX_EPILOGUES:
+        _EPILOGUES.clear()
+    _EPILOGUES[key] = ((x_scale, w_scale, bias, out_scale), ep)
     return ep
 
 

@@ -62,6 +62,10 @@ class Replay:
         self.allocs = allocs  # (shape, dtype) of each tensor the call allocates, in order
         self.device = device
 
+    @property
+    def device_index(self) -> int:
+        return self.launches[0][0].device
+
     def run(self, inputs: Sequence[Tensor]) -> list[Tensor]:
         made = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.allocs]
         ptrs = [t.data_ptr() for t in inputs] + [t.data_ptr() for t in made]
@@ -99,17 +103,18 @@ def record(launches: Sequence[Relaunch | None], inputs: Sequence[Tensor], alloca
 
 
 class ReplayTable(dict):
-    """key -> ``Replay``; cleared when it reaches ``MAX_ENTRIES`` (distinct prompt lengths)."""
+    """key -> ``Replay`` (or another replay with a ``device_index``); cleared when it reaches ``MAX_ENTRIES``
+    (distinct prompt lengths)."""
 
-    def get_usable(self, key: tuple) -> Replay | None:
+    def get_usable(self, key: tuple):
         """The replay under ``key``, unless launch hooks are installed (launches must then take Triton's path)
         or another device is current."""
         hit = self.get(key)
-        if hit is None or hooks_set() or hit.launches[0][0].device != current_device_index():
+        if hit is None or hooks_set() or hit.device_index != current_device_index():
             return None
         return hit
 
-    def keep(self, key: tuple, replay: Replay | None) -> None:
+    def keep(self, key: tuple, replay) -> None:
         if replay is None:
             return
         if len(self) >= MAX_ENTRIES:
