@@ -2,14 +2,16 @@
 
 Nothing reaches a GPU: Triton's compiled launcher is replaced by a no-op (``launch``'s cache is filled
 with it on the first, "missing", launch), so the times are our Python alone. A W8A8 model at a real shape
-(four layers) runs one 1024-token prefill to record the first launch of every kernel; each is then
-relaunched in a loop. ``int8_linear`` is timed at mamba-2.8b's in_proj shape with the launch stubbed.
+(four layers) runs one 1024-token prefill with replays off to record the first launch of every kernel;
+each is then relaunched in a loop. ``int8_linear`` is timed at mamba-2.8b's in_proj shape with the launch
+stubbed, set up in full on every call (replays off) and replayed.
 Usage: python benchmarks/launch_host_cpu.py [--shape mamba-2.8b] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -20,7 +22,7 @@ import torch
 from triton.runtime.jit import JITFunction
 
 import quamba.kernels as KP
-from quamba.kernels import launch as L
+from quamba.kernels import launch as L, reuse
 
 for _mi in pkgutil.iter_modules(KP.__path__):  # kernels compile as JITFunctions (not interpreted) ...
     importlib.import_module(f"quamba.kernels.{_mi.name}")
@@ -72,19 +74,23 @@ def main() -> None:
               [torch.randint(0, 1000, (1, 64))], show_progress=False)
     seen, real = {}, L.launch
 
-    def spy(kernel, grid, *a, **k):
+    def spy(kernel, grid, *a, _real=L.launch, **k):
         seen.setdefault(kernel.fn.__name__, (kernel, grid, a, k))
-        real(kernel, grid, *a, **k)
+        return _real(kernel, grid, *a, **k)
 
-    mods = [m for m in (importlib.import_module(f"quamba.kernels.{mi.name}") for mi in pkgutil.iter_modules(KP.__path__))
-            if getattr(m, "launch", None) is real]
-    for m in mods:
-        m.launch = spy
+    patched = []
+    for mi in pkgutil.iter_modules(KP.__path__):
+        m = importlib.import_module(f"quamba.kernels.{mi.name}")
+        for name in ("launch", "launch_for_reuse"):
+            if m is not L and getattr(m, name, None) is getattr(L, name):
+                setattr(m, name, functools.partial(spy, _real=getattr(L, name)))
+                patched.append((m, name))
     ops.set_backend("triton")
+    reuse.ENABLED = False  # every op call reaches a launch
     with torch.inference_mode():
         model(torch.randint(0, 1000, (1, 1024)), model.allocate_cache(1), last_only=True)
-    for m in mods:
-        m.launch = real
+    for m, name in patched:
+        setattr(m, name, getattr(L, name))
     report = {"shape": args.shape, "launch_us": {}}
     for name, (kernel, grid, a, k) in sorted(seen.items()):
         report["launch_us"][name] = _us(lambda: real(kernel, grid, *a, **k), args.reps)
@@ -93,12 +99,15 @@ def main() -> None:
     x = torch.randint(-5, 5, (1, 1024, 2560), dtype=torch.int8)
     w = torch.randint(-5, 5, (10240, 2560), dtype=torch.int8)
     report["int8_linear_wrapper_us"] = _us(lambda: G.int8_linear(x, w, 0.1, 0.2, None, out_scale=0.3), 5000)
+    reuse.ENABLED = True  # the same call replayed: the first one records (through the stubbed launcher)
+    report["int8_linear_replay_us"] = _us(lambda: G.int8_linear(x, w, 0.1, 0.2, None, out_scale=0.3), 5000)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         for name, us in report["launch_us"].items():
             print(f"launch {name:28s} {us:6.2f} us")
-        print(f"int8_linear wrapper (in_proj shape, launch stubbed) {report['int8_linear_wrapper_us']:.2f} us")
+        print(f"int8_linear wrapper (in_proj shape, launch stubbed) {report['int8_linear_wrapper_us']:.2f} us, "
+              f"replayed {report['int8_linear_replay_us']:.2f} us")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import quamba.kernels as KP
-from quamba.kernels import launch as L
+from quamba.kernels import launch as L, reuse
 
 
 def per_launch_us(fn, reps: int = 200) -> float:
@@ -55,27 +55,32 @@ def build(shape: str, precision: str):
 
 
 def record_launches(model, prompt) -> dict:
+    """The first launch of every kernel in two prefills, through ``launch`` or ``launch_for_reuse`` (replays
+    off, so that every op call reaches one of them)."""
     seen = {}
-    real = L.launch
-
-    def spy(kernel, grid, *a, **k):
-        seen.setdefault(kernel.fn.__name__, (kernel, tuple(grid), a, k))
-        return real(kernel, grid, *a, **k)
-
-    mods = []
+    spies = {}
+    for name in ("launch", "launch_for_reuse"):
+        def spy(kernel, grid, *a, _real=getattr(L, name), **k):
+            seen.setdefault(kernel.fn.__name__, (kernel, tuple(grid), a, k))
+            return _real(kernel, grid, *a, **k)
+        spies[name] = spy
+    patched = []
     for mi in pkgutil.iter_modules(KP.__path__):
         mod = importlib.import_module(f"quamba.kernels.{mi.name}")
-        if getattr(mod, "launch", None) is real:
-            mod.launch = spy
-            mods.append(mod)
+        for name, spy in spies.items():
+            if mod is not L and getattr(mod, name, None) is getattr(L, name):
+                setattr(mod, name, spy)
+                patched.append((mod, name))
+    replay, reuse.ENABLED = reuse.ENABLED, False
     try:
         with torch.inference_mode():
             cache = model.allocate_cache(1)
             model(prompt, cache, last_only=True)
             model(prompt, cache, last_only=True)
     finally:
-        for mod in mods:
-            mod.launch = real
+        reuse.ENABLED = replay
+        for mod, name in patched:
+            setattr(mod, name, getattr(L, name))
     torch.cuda.synchronize()
     return seen
 

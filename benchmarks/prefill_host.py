@@ -1,7 +1,9 @@
 """Where the eager prefill's host time goes: per op, per Triton launch, and launch micro-benchmarks.
 
 Wraps every dispatched ``quamba.ops`` function, ``quamba.kernels.launch.launch`` and
-``JITFunction.run`` (the generic path, taken on cache misses) with wall-clock timers (no profiler), runs one prefill, and prints host microseconds per op call and per launch. Then times
+``JITFunction.run`` (the generic path, taken on cache misses) with wall-clock timers (no profiler), runs one
+prefill, and prints host microseconds per op call and per launch (the timed prefill is the second, so an op
+whose launches are replayed, ``quamba.kernels.reuse``, shows in its op row only). Then times
 the bare host cost of a Triton launch through ``kernel[grid](...)`` and through the compiled
 kernel's own launcher, of ``torch.empty`` and of an fp16 ``F.linear`` issue.
 ``--cprofile N`` adds the N functions with the most own time (cProfile) over three prefills without timers.

@@ -433,7 +433,7 @@ def cached_epilogue_args(x_scale: Scale, w_scale: Scale, bias: Tensor | None, ou
 
 
 def launch_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict | None = None,
-                launcher: Callable = launch) -> tuple:
+                launcher: Callable | None = None) -> tuple:
     """Tiled GEMM; ``config`` (BLOCK_M/N/K, GROUP_M, num_stages, num_warps, optional SPLIT_K) skips tuning.
 
     Without one, the candidates of ``gemm_configs`` are timed on the first call of each ``tune_key``
@@ -458,9 +458,10 @@ def tune_key(m: int, n: int, k: int, device: torch.device, int8_out: bool) -> tu
     return min(next_pow2(m), 4096), n, k, device, int8_out
 
 
-def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict, launcher: Callable = launch) -> tuple:
-    """Launch one GEMM with ``launcher``: ``(its result, split-K workspace elements, tile counters)``, the
-    counters 0 for the persistent kernel (see ``_relaunch_gemm``)."""
+def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict, launcher: Callable | None = None) -> tuple:
+    """Launch one GEMM with ``launcher`` (``launch`` by default, looked up at the call): ``(its result, split-K
+    workspace elements, tile counters)``, the counters 0 for the persistent kernel (see ``_relaunch_gemm``)."""
+    launcher = launcher or launch
     m, k = x.shape
     n = w.shape[0]
     plan = _PLANS.get(id(config))
