@@ -4,8 +4,8 @@ TTFT is an eager prefill, host-bound on the H200 at these shapes, and host speed
 (one bench run read 33 ms for an fp16 prefill that reads 19 ms in others): interleaving the variants
 in rounds in one process and taking the median over rounds keeps the drift out of their ratios.
 Each round measures every variant with ``quamba.bench.cuda_time_ms`` (median of ``--repeats``).
-Replays are switched through ``quamba.kernels.reuse.ENABLED`` (``QUAMBA_REPLAY=0`` at start-up does the
-same for a whole process).
+Three settings: ``all`` (op and block replays), ``ops`` (op replays only: ``block_replay.ENABLED`` off) and
+``off`` (``quamba.kernels.reuse.ENABLED`` off; ``QUAMBA_REPLAY=0`` at start-up does the same for a process).
 Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--json]
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import torch
 from quamba.bench import cuda_time_ms
 from quamba.cli.bench import build_model
 from quamba.graphs import GraphDecoder
-from quamba.kernels import reuse
+from quamba.kernels import block_replay, reuse
+
+SETTINGS = {"all": (True, True), "ops": (True, False), "off": (False, False)}  # (op replays, block replays)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -34,26 +36,26 @@ def main() -> None:
         model = build_model(None, args.shape, prec)
         prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, args.prompt_len), device="cuda")
         decoders[prec] = (GraphDecoder(model, 1), prompt)
-    variants = [(prec, on) for on in (True, False) for prec in ("fp16", "w8a8")]
-    times: dict[str, list[float]] = {f"{p} replay={'on' if on else 'off'}": [] for p, on in variants}
+    variants = [(prec, s) for s in SETTINGS for prec in ("fp16", "w8a8")]
+    times: dict[str, list[float]] = {f"{p} replay={s}": [] for p, s in variants}
     for _ in range(args.rounds):
-        for prec, on in variants:
-            reuse.ENABLED = on
+        for prec, setting in variants:
+            reuse.ENABLED, block_replay.ENABLED = SETTINGS[setting]
             dec, prompt = decoders[prec]
-            times[f"{prec} replay={'on' if on else 'off'}"].append(
-                cuda_time_ms(lambda: dec.prefill(prompt), warmup=2, repeats=args.repeats))
-    reuse.ENABLED = True
+            times[f"{prec} replay={setting}"].append(
+                cuda_time_ms(lambda: dec.prefill(prompt), warmup=3, repeats=args.repeats))
+    reuse.ENABLED = block_replay.ENABLED = True
     med = {k: statistics.median(v) for k, v in times.items()}
     report = {"shape": args.shape, "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len,
               "rounds": times, "median_ms": med,
-              "w8a8_over_fp16": {s: med[f"w8a8 replay={s}"] / med[f"fp16 replay={s}"] for s in ("on", "off")}}
+              "w8a8_over_fp16": {s: med[f"w8a8 replay={s}"] / med[f"fp16 replay={s}"] for s in SETTINGS}}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         for k, v in times.items():
             print(f"{args.shape} {k:18s} median {med[k]:7.2f} ms  rounds " + " ".join(f"{t:.2f}" for t in v))
-        print(f"{args.shape} W8A8/fp16 TTFT: replay on {report['w8a8_over_fp16']['on']:.3f}, "
-              f"off {report['w8a8_over_fp16']['off']:.3f}")
+        print(f"{args.shape} W8A8/fp16 TTFT: " + ", ".join(f"replay={s} {r:.3f}"
+                                                          for s, r in report["w8a8_over_fp16"].items()))
 
 
 if __name__ == "__main__":

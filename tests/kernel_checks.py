@@ -57,12 +57,14 @@ def assert_int8_close(a: torch.Tensor, b: torch.Tensor, max_frac: float = MAX_OF
     assert (diff > 0).sum().item() <= max(at_least, int(max_frac * diff.numel()))
 
 
-def interpreted_relaunch(monkeypatch, module):
-    """On the CPU, stand ``module.launch_for_reuse`` in with one that launches in the interpreter and returns
-    a ``Relaunch`` whose launcher maps the data pointers it is given back to the tensors that own them (every
-    ``torch.empty`` is registered, and poisoned; ``own(t)`` registers others) and runs the kernel in the
-    interpreter again: the pointers that a replay puts in are then checked by the results.
-    Returns ``(own, owners)``."""
+def interpreted_relaunch(monkeypatch, *modules):
+    """On the CPU, stand each module's ``launch_for_reuse`` in with one that returns a ``Relaunch`` (fired as the
+    real one is) whose launcher maps the data pointers it is given back to tensors and runs the kernel in the
+    interpreter: the tensor registered at that address (every ``torch.empty`` is registered, and poisoned;
+    ``own(t)`` registers others), or a view, of the dtype the kernel was compiled for, into the registered tensor
+    whose storage holds the address (the block replays put in workspace offsets). The inputs of op replays are
+    registered too. The pointers that a replay puts in are then checked by the results. Returns ``(own, owners)``."""
+    from torch.utils._python_dispatch import _disable_current_modes
     from triton.runtime.jit import JITFunction
     from quamba.kernels import launch as L
 
@@ -75,23 +77,50 @@ def interpreted_relaunch(monkeypatch, module):
 
     def empty(*args, **kwargs):
         t = real_empty(*args, **kwargs)
-        return own(t.fill_(float("nan") if t.is_floating_point() else 77))
+        with _disable_current_modes():  # not an op of the code under test (block recordings watch torch ops)
+            return own(t.fill_(float("nan") if t.is_floating_point() else 77))
 
-    def run(g0, g1, g2, stream, kernel, packed, *rest):
-        kernel[(g0, g1, g2)](*[owners.get(a, a) if type(a) is int else a for a in rest[3:]])
+    def tensor_at(p, dtype):
+        t = owners.get(p)
+        if t is not None and t.dtype == dtype:
+            return t
+        for o in list(owners.values()):
+            st = o.untyped_storage()
+            if st.data_ptr() <= p < st.data_ptr() + st.nbytes():
+                off = p - st.data_ptr()
+                n = (st.nbytes() - off) // dtype.itemsize * dtype.itemsize
+                return torch.tensor([], dtype=torch.uint8).set_(st)[off:off + n].view(dtype)
+        raise AssertionError(f"no tensor holds address {p:#x}")
+
+    def launcher(dtypes):
+        def run(g0, g1, g2, stream, kernel, packed, *rest):
+            with _disable_current_modes():
+                args = list(rest[3:])
+                for i, dt in dtypes.items():
+                    args[i] = tensor_at(args[i], dt)
+                kernel[(g0, g1, g2)](*args)
+        return run
 
     def for_reuse(kernel, grid, *args, **kwargs):
-        kernel[grid](*args, **kwargs)
         pointers = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
         for i in pointers:
             own(args[i])
         go = L._make_slot(JITFunction(kernel.fn), len(args), tuple(map(type, args)), tuple(kwargs))
+        full = go(args, kwargs)[1]
         g = tuple(grid) + (1,) * (3 - len(grid))
-        return L.Relaunch(run, kernel, None, g, go(args, kwargs)[1], 0, pointers)
+        r = L.Relaunch(launcher({i: args[i].dtype for i in pointers}), kernel, None, g, full, 0, pointers)
+        r.fire(full)
+        return r
 
+    from quamba.kernels import int8_gemm, reuse
+
+    replay_run, relaunch_gemm = reuse.Replay.run, int8_gemm._relaunch_gemm
+    monkeypatch.setattr(reuse.Replay, "run", lambda self, inputs: replay_run(self, [own(t) for t in inputs]))
+    monkeypatch.setattr(int8_gemm, "_relaunch_gemm", lambda r, x_q: relaunch_gemm(r, own(x_q)))
     monkeypatch.setattr(L, "_raw_stream", lambda device: 0)
     monkeypatch.setattr(L, "_current_device", lambda: 0)
-    monkeypatch.setattr(module, "launch_for_reuse", for_reuse)
+    for module in modules:
+        monkeypatch.setattr(module, "launch_for_reuse", for_reuse)
     monkeypatch.setattr(torch, "empty", empty)
     return own, owners
 

@@ -501,15 +501,19 @@ def _gemm_plan(config: dict) -> tuple:
 
 
 _COUNTERS: dict[tuple, Tensor] = {}
+_RETIRED: list[Tensor] = []
 
 
 def split_counters(device: torch.device, n: int) -> Tensor:
     """Zeroed int32 tile counters of the split-K GEMM on ``device``'s current stream, kept between calls:
     the last program of each tile sets its counter back to zero, so no launch has to clear them (the
-    stream orders the GEMMs that share them)."""
+    stream orders the GEMMs that share them). A buffer outgrown by a larger GEMM stays allocated (and
+    zeroed): replayed launches (``block_replay``) hold its address."""
     key = (device, current_stream(device))
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
+        if buf is not None:
+            _RETIRED.append(buf)
         buf = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
     return buf
 

@@ -46,6 +46,9 @@ _compiled: dict[tuple, tuple] = {}
 # launch pattern -> (its generated key function, positions of its tensor arguments), or None: not cached
 _slots: dict[tuple, tuple[Callable, tuple[int, ...]] | None] = {}
 _enabled = not _INTERPRET and _raw_stream is not None
+# While a block's launches are recorded for replay (``block_replay``): the events of the call in order. A
+# replayable launch adds ``("fire", Relaunch, args)``; a launch that cannot be replayed adds ``("fail", why)``.
+recording: list | None = None
 
 
 def interpreting() -> bool:
@@ -160,12 +163,16 @@ class Relaunch(NamedTuple):
     pointers: tuple[int, ...]  # positions in ``args`` that hold tensors' data pointers
 
     def fire(self, args: Sequence[Any]) -> None:
+        if recording is not None:
+            recording.append(("fire", self, tuple(args)))
         g = self.grid
         self.run(g[0], g[1], g[2], _raw_stream(self.device), self.function, self.packed, None, None, None, *args)
 
 
 def launch(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)`` for a ``triton.jit`` kernel, through the compiled-kernel cache."""
+    if recording is not None:
+        recording.append(("fail", f"{getattr(kernel, '__name__', kernel)} launched without a replay"))
     found = _resolve(kernel, grid, args, kwargs)
     if found is not None:
         (run, function, packed), full, device, _ = found
@@ -181,6 +188,8 @@ def launch_for_reuse(kernel, grid: Sequence[int], *args: Any, **kwargs: Any) -> 
     int classes of the arguments; and must not fire it while ``hooks_set()``."""
     found = _resolve(kernel, grid, args, kwargs)
     if found is None:
+        if recording is not None:
+            recording.append(("fail", f"{getattr(kernel, '__name__', kernel)} took Triton's own launch path"))
         return None
     (run, function, packed), full, device, pointers = found
     g = tuple(grid)

@@ -25,6 +25,21 @@ class Block(nn.Module):
         return self.mixer(normed, state), residual
 
 
+def _replays_blocks(hidden: torch.Tensor) -> bool:
+    return hidden.is_cuda and hidden.shape[1] > 1 and ops.dispatch.triton_available()
+
+
+def _run_block(blk: Block, hidden: torch.Tensor, residual: torch.Tensor | None, state) -> tuple:
+    """``blk(hidden, residual, state)``; a prefill on the GPU goes through the block replays
+    (``kernels.block_replay``: one host call for all of a quantized block's launches)."""
+    if _replays_blocks(hidden):
+        from ..kernels.block_replay import run_block
+
+        ins = (hidden, residual) if state is None else (hidden, residual, state.conv, state.ssm, *state.work)
+        return run_block(blk, ins, lambda: blk(hidden, residual, state))
+    return blk(hidden, residual, state)
+
+
 class Backbone(nn.Module):
     def __init__(self, cfg: MambaConfig):
         super().__init__()
@@ -68,7 +83,7 @@ class MambaLM(nn.Module):
         hidden = self.backbone.embeddings(input_ids)
         residual = None
         for i, blk in enumerate(self.backbone.layers):
-            hidden, residual = blk(hidden, residual, cache.layers[i] if cache is not None else None)
+            hidden, residual = _run_block(blk, hidden, residual, cache.layers[i] if cache is not None else None)
         out, _ = self.backbone.norm_f(hidden, residual)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]

@@ -11,3 +11,24 @@ def tensor_stamp(t: torch.Tensor) -> tuple:
     one is not seen, as inference mode already forbids such changes outside of it.
     """
     return t.data_ptr(), t.dtype, t.device, -1 if t.is_inference() else t._version
+
+
+_epoch = [0]
+
+
+def module_epoch() -> int:
+    """A counter that moves whenever a module's structure or settings may have changed: a parameter, buffer
+    or submodule registered or assigned anywhere, a quantized module's attribute or scale set, the dispatch
+    backend switched. Replays of whole blocks (``kernels.block_replay``) are keyed on it."""
+    return _epoch[0]
+
+
+def bump_module_epoch(*_args) -> None:
+    """Invalidate what is keyed on ``module_epoch`` (e.g. after editing a module's tensors through ``.data``)."""
+    _epoch[0] += 1
+
+
+_reg = torch.nn.modules.module
+_reg.register_module_parameter_registration_hook(bump_module_epoch)
+_reg.register_module_buffer_registration_hook(bump_module_epoch)
+_reg.register_module_module_registration_hook(bump_module_epoch)

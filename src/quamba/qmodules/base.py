@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..models.stamp import tensor_stamp
+from ..models.stamp import bump_module_epoch, tensor_stamp
 
 Tensor = torch.Tensor
 
@@ -25,6 +25,10 @@ class QModule(nn.Module):
         super().__init__()
         self._floats: dict[str, float] = {}
         self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        bump_module_epoch()
 
     def add_scale(self, name: str, shape: tuple[int, ...] = ()) -> None:
         self.register_buffer(name, torch.ones(shape, dtype=torch.float32))
@@ -43,6 +47,7 @@ class QModule(nn.Module):
             buf = getattr(self, name)
             if buf.device.type != "meta":
                 self._floats[name] = float(buf)
+        bump_module_epoch()
 
     def derived(self, key: str, compute, *deps: Tensor):
         """``compute()`` cached until a tensor in ``deps`` or a scale changes (decode steps would
