@@ -4,8 +4,10 @@ TTFT is an eager prefill, host-bound on the H200 at these shapes, and host speed
 (one bench run read 33 ms for an fp16 prefill that reads 19 ms in others): interleaving the variants
 in rounds in one process and taking the median over rounds keeps the drift out of their ratios.
 Each round measures every variant with ``quamba.bench.cuda_time_ms`` (median of ``--repeats``).
-Three settings: ``all`` (op and block replays), ``ops`` (op replays only: ``block_replay.ENABLED`` off) and
-``off`` (``quamba.kernels.reuse.ENABLED`` off; ``QUAMBA_REPLAY=0`` at start-up does the same for a process).
+Four settings: ``all`` (op and block replays, eager prefill kernels launched with PDL), ``nopdl`` (the same
+without PDL: ``pdl.EAGER`` off), ``ops`` (op replays only, no PDL: ``block_replay.ENABLED`` off) and ``off``
+(``quamba.kernels.reuse.ENABLED`` off; ``QUAMBA_REPLAY=0`` at start-up does the same for a process). Every switch
+drops the recorded replays (``reuse.forget``), which the warm-up calls record again.
 Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--json]
 """
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 from quamba.bench import cuda_time_ms
 from quamba.cli.bench import build_model
 from quamba.graphs import GraphDecoder
-from quamba.kernels import block_replay, reuse
+from quamba.kernels import block_replay, pdl, reuse
 
-SETTINGS = {"all": (True, True), "ops": (True, False), "off": (False, False)}  # (op replays, block replays)
+# (op replays, block replays, eager PDL)
+SETTINGS = {"all": (True, True, True), "nopdl": (True, True, False), "ops": (True, False, False),
+            "off": (False, False, False)}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -40,11 +44,12 @@ def main() -> None:
     times: dict[str, list[float]] = {f"{p} replay={s}": [] for p, s in variants}
     for _ in range(args.rounds):
         for prec, setting in variants:
-            reuse.ENABLED, block_replay.ENABLED = SETTINGS[setting]
+            reuse.ENABLED, block_replay.ENABLED, pdl.EAGER = SETTINGS[setting]
+            reuse.forget()
             dec, prompt = decoders[prec]
             times[f"{prec} replay={setting}"].append(
                 cuda_time_ms(lambda: dec.prefill(prompt), warmup=3, repeats=args.repeats))
-    reuse.ENABLED = block_replay.ENABLED = True
+    reuse.ENABLED = block_replay.ENABLED = pdl.EAGER = True
     med = {k: statistics.median(v) for k, v in times.items()}
     report = {"shape": args.shape, "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len,
               "rounds": times, "median_ms": med,

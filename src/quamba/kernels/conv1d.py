@@ -80,7 +80,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
                      sxb, sxl, sxd, swd, swk, ssb, ssd, ssk, syb, syl,
                      K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
                      SILU: tl.constexpr, STORE_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-                     OFF64: tl.constexpr):
+                     OFF64: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -183,7 +184,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: b
                             st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
                             st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
                             K=k, KP=pow2(k, 2), HAS_BIAS=bias is not None, HAS_STATE=st is not None, SILU=bool(silu),
-                            STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=4)
+                            STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=4,
+                            **pdl_args(x, eager=True))
     keep_conv(key, made, x, initial_state, y, [weight, bias])
     return y
 

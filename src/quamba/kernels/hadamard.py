@@ -295,7 +295,7 @@ def launch_hadamard(x2: Tensor, out: Tensor, out_scale: Scale, col_split: bool |
                             ss.stride(0) if rms is not None else 0,
                             R=r, C=c, CP=cp, PR=per, TM=tm, BK=bk, BC=bc, COL_SPLIT=col_split, IN_KIND=in_kind,
                             OS_MODE=os_mode, GROUP=group, num_warps=warps, num_stages=stages or 1,
-                            **(pdl_args(x2) if pdl else {"USE_PDL": False}))
+                            **(pdl_args(x2, eager=True) if pdl else {"USE_PDL": False}))
     return made, (hc, hr, os_ptr)
 
 
@@ -303,7 +303,7 @@ def hadamard_quant(x: Tensor, out_scale: Scale) -> Tensor:
     """``quantize(x @ H_n^T / sqrt(n), out_scale)`` over the last dim ``n`` of fp16/bf16/fp32 ``x``."""
     key = None
     if reuse.ENABLED and isinstance(x, Tensor):
-        key = (reuse.signature(x), reuse.scalar_or_fixed(out_scale), pdl_args(x)["USE_PDL"])
+        key = (reuse.signature(x), reuse.scalar_or_fixed(out_scale), pdl_args(x, eager=True)["USE_PDL"])
         hit = _REPLAYS.get_usable(key)
         if hit is not None:
             return hit.run([x])[0]

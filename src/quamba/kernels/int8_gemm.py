@@ -28,6 +28,7 @@ from ..errors import InvalidArgumentError
 from . import reuse
 from ._small_common import device_scale_arg, quantize_int8
 from .launch import Relaunch, cdiv, current_stream, interpreting, launch, launch_for_reuse, next_pow2
+from .pdl import pdl_enabled, pdl_sync
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -133,7 +134,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
                  M, N, K, stride_xm, stride_wn, stride_om, k_per_split,
                  XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, USE_PDL: tl.constexpr):
     """One ``BLOCK_M x BLOCK_N`` output tile over the K range ``program_id(1)`` owns.
 
     With ``SPLIT_K > 1`` each program stores its int32 partial sums in its plane of ``part``
@@ -142,6 +143,7 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, xs_ptr, xs_val, ws_pt
     counters can serve the next launch. (Atomic adds into one plane were slower: one L2 atomic per
     output element per split.)
     """
+    pdl_sync(USE_PDL)
     pid = tl.program_id(0)
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     k_lo = tl.program_id(1) * k_per_split
@@ -176,10 +178,11 @@ def _gemm_persistent_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_va
                             XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                             OS_MODE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                            NUM_PROGS: tl.constexpr):
+                            NUM_PROGS: tl.constexpr, USE_PDL: tl.constexpr):
     """``_gemm_kernel`` (no K split) as ``NUM_PROGS`` resident programs that take the output tiles in
     turn: no tail wave of a few tiles, and the loop over tiles is flattened into the K loop so the
     next tile's loads are issued during this tile's epilogue."""
+    pdl_sync(USE_PDL)
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles, NUM_PROGS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -470,11 +473,12 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict, launche
     _, split, persist, bm, bn, bk, group_m, options = plan
     tiles = cdiv(m, bm) * cdiv(n, bn)
     even_k = k % bk == 0
+    pdl = pdl_enabled(x.device, eager=True)
     if persist:
         progs = min(tiles, persist * num_sms(x.device))
         made = launcher(_gemm_persistent_kernel, (progs,), x, w, out, *ep["scales"], m, n, k, x.stride(0),
-                        w.stride(0), out.stride(0), *ep["flags"].values(), even_k, bm, bn, bk, group_m, progs,
-                        **options)
+                        w.stride(0), out.stride(0), *ep["flags"].values(), even_k, bm, bn, bk, group_m, progs, pdl,
+                        launch_pdl=pdl, **options)
         return made, 0, 0
     if split > 1:
         per = cdiv(cdiv(k, bk), split) * bk
@@ -484,8 +488,8 @@ def _run_gemm(x: Tensor, w: Tensor, out: Tensor, ep: dict, config: dict, launche
     else:
         per, part, cnt = k, out, out
     made = launcher(_gemm_kernel, (tiles, split), x, w, out, part, cnt, *ep["scales"], m, n, k, x.stride(0),
-                    w.stride(0), out.stride(0), per, *ep["flags"].values(), even_k, bm, bn, bk, group_m, split,
-                    **options)
+                    w.stride(0), out.stride(0), per, *ep["flags"].values(), even_k, bm, bn, bk, group_m, split, pdl,
+                    launch_pdl=pdl, **options)
     return made, (part.numel() if split > 1 else 0), tiles
 
 

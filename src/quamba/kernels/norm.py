@@ -89,7 +89,7 @@ def norm_warps(block: int) -> int:
 def add_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float,
                  residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """``residual += x`` then RMSNorm; returns ``(normed, new_residual)`` as ``reference.add_rms_norm``."""
-    pdl = pdl_args(x)
+    pdl = pdl_args(x, eager=True)
     key = None
     if reuse.ENABLED:
         key = (reuse.signature(x), reuse.signature(residual), reuse.fixed(weight), eps, residual_in_fp32,
@@ -144,7 +144,7 @@ _REPLAYS = reuse.ReplayTable()
 def launch_gated(x: Tensor, z: Tensor | None, weight: Tensor | None, eps: float, group_size: int,
                  out_dtype: torch.dtype, round_mid: bool, zs=None, zs_val: float = 1.0, zs_mode: int = 0) -> Tensor:
     """Shared launcher of the (int8-gate or float-gate) gated RMSNorm kernel."""
-    pdl = pdl_args(x)
+    pdl = pdl_args(x, eager=True)
     key = None
     if reuse.ENABLED:
         key = ("gated", reuse.signature(x), reuse.signature(z), reuse.fixed(weight), eps, group_size, out_dtype,

@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (PDL, Hopper and newer) for the decode kernels.
+"""Programmatic dependent launch (PDL, Hopper and newer) for the decode and prefill kernels.
 
 A decode step is a chain of short kernels; between two of them the GPU normally drains the first
 grid, then launches, ramps up and starts loading for the second. Launched with PDL, the next grid's
@@ -11,10 +11,15 @@ after the grid before it has finished, a kernel may read before ``pdl_sync`` any
 more launches back: weights, and the conv and SSM states that only the kernel itself wrote, in the
 previous decode step.
 
-``pdl_args(t)`` gives the launch keywords: PDL while a CUDA graph is being captured (the decode
-step) on devices of compute capability >= 9 when Triton has the grid-dependency intrinsics; off
-for eager launches (long prefill kernels, or launch-bound eager decode: nothing to overlap), under
-the interpreter, on the CPU and when the environment sets ``QUAMBA_PDL=0``.
+The prefill kernels (GEMM, scans, SSD, conv, norms, Hadamard) call ``pdl_sync`` first thing, so they can
+launch with PDL eagerly as well: once the block replays keep the GPU fed, an eager prefill is a queue of
+~640 launches, and PDL overlaps each one's launch and ramp with the tail of the one before.
+
+``pdl_args(t, eager)`` gives the launch keywords: PDL on devices of compute capability >= 9 when Triton
+has the grid-dependency intrinsics, under graph capture (the decode step) and, for ``eager`` kernels,
+outside one (unless ``QUAMBA_PDL_EAGER=0``); off under the interpreter, on the CPU and when the
+environment sets ``QUAMBA_PDL=0``. The fused decode kernels read states before their ``pdl_sync`` and
+launch with PDL only under capture, where the launches around them are known.
 """
 from __future__ import annotations
 
@@ -47,15 +52,21 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch with PDL."""
-    if device.type != "cuda" or gdc_wait is None or not torch.cuda.is_current_stream_capturing():
+# Eager launches with PDL too (``QUAMBA_PDL_EAGER=0``: only under capture). Read at each launch; the replays keep
+# the setting they were recorded with (``reuse.forget`` drops them).
+EAGER = os.environ.get("QUAMBA_PDL_EAGER", "1") != "0"
+
+
+def pdl_enabled(device: torch.device, eager: bool = False) -> bool:
+    """Whether kernels on ``device`` launch with PDL: under capture, and eagerly too for ``eager`` kernels (those
+    that call ``pdl_sync`` before any other access)."""
+    if device.type != "cuda" or gdc_wait is None or not (eager and EAGER or torch.cuda.is_current_stream_capturing()):
         return False
     if os.environ.get("QUAMBA_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def pdl_args(t: torch.Tensor) -> dict:
-    """Launch keywords for a PDL-aware kernel whose tensors live where ``t`` does."""
-    return _ON if pdl_enabled(t.device) else _OFF
+def pdl_args(t: torch.Tensor, eager: bool = False) -> dict:
+    """Launch keywords for a PDL-aware kernel whose tensors live where ``t`` does (``eager``: see ``pdl_enabled``)."""
+    return _ON if pdl_enabled(t.device, eager) else _OFF

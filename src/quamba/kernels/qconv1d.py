@@ -40,7 +40,9 @@ def _qconv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, D,
                       sxb, sxl, sxd, swd, swk, ssb, ssd, ssk, syb, syl,
                       XS_M: tl.constexpr, WS_M: tl.constexpr, BS_M: tl.constexpr, OS_M: tl.constexpr,
                       K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
-                      STORE_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, OFF64: tl.constexpr):
+                      STORE_STATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, OFF64: tl.constexpr,
+                      USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -137,7 +139,7 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
                             st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
                             XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
                             HAS_STATE=st is not None, STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d,
-                            OFF64=off64, num_warps=4)
+                            OFF64=off64, num_warps=4, **pdl_args(x_q, eager=True))
     CV.keep_conv(key, made, x_q, initial_state, y, [w_q, b_q, x_scale, w_scale, b_scale, out_scale])
     return y
 

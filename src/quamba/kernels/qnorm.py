@@ -42,7 +42,7 @@ def _qadd_rms_norm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, os_ptr, os_val, D,
 def qadd_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor | None, eps: float, out_scale: Scale,
                   residual_in_fp32: bool = True) -> tuple[Tensor, Tensor]:
     """Residual add + RMSNorm with int8 output: ``(int8 normed, new residual)``; see ``qreference``."""
-    pdl = pdl_args(x)
+    pdl = pdl_args(x, eager=True)
     key = None
     if reuse.ENABLED:
         key = (reuse.signature(x), reuse.signature(residual), reuse.fixed(weight), eps, residual_in_fp32,

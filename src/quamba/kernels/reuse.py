@@ -106,6 +106,10 @@ class ReplayTable(dict):
     """key -> ``Replay`` (or another replay with a ``device_index``); cleared when it reaches ``MAX_ENTRIES``
     (distinct prompt lengths)."""
 
+    def __init__(self):
+        super().__init__()
+        _TABLES.append(self)
+
     def get_usable(self, key: tuple):
         """The replay under ``key``, unless launch hooks are installed (launches must then take Triton's path)
         or another device is current."""
@@ -120,3 +124,16 @@ class ReplayTable(dict):
         if len(self) >= MAX_ENTRIES:
             self.clear()
         self[key] = replay
+
+
+_TABLES: list[ReplayTable] = []
+
+
+def forget() -> None:
+    """Drop every recorded replay, of ops and of blocks (after changing a launch setting that their keys do not
+    hold, such as ``pdl.EAGER``)."""
+    from ..models.stamp import bump_module_epoch
+
+    for table in _TABLES:
+        table.clear()
+    bump_module_epoch()

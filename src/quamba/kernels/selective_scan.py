@@ -40,6 +40,7 @@ from ._small_common import ON_GPU, quantize_int8
 from .int8_gemm import num_sms
 from . import reuse
 from .launch import cdiv, launch_for_reuse, next_pow2
+from .pdl import pdl_args, pdl_sync
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -190,8 +191,9 @@ def _chunk_state_kernel(
         s_ub, s_ul, s_ud, s_tb, s_tl, s_td, s_ad, s_an, s_bb, s_bl, s_bn,
         u_scale, dt_scale, B_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+        BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, USE_PDL: tl.constexpr):
     """End state of chunk ``c`` from a zero start, and the chunk's ``dt`` sum, per channel block."""
+    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -250,11 +252,12 @@ def _chunk_state_kernel(
 def _chunk_combine_kernel(
         A_ptr, init_ptr, st_ptr, ds_ptr, D, N, n_chunks, s_ib, s_id, s_in, s_ad, s_an, state_scale,
         HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        BD: tl.constexpr, NP: tl.constexpr, U: tl.constexpr):
+        BD: tl.constexpr, NP: tl.constexpr, U: tl.constexpr, USE_PDL: tl.constexpr):
     """Incoming state of every chunk, in chunk order: ``H_{c+1} = exp2(A2 dsum_c) H_c + end_c``.
 
     ``H_{c+1}`` overwrites ``end_c`` in place; ``U`` chunks are loaded and combined at a time.
     """
+    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)
@@ -283,13 +286,15 @@ def _chunk_scan_kernel(
         u_scale, dt_scale, z_scale, state_scale, B_scale, C_scale,
         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_INIT: tl.constexpr, QUANT: tl.constexpr, PTRS: tl.constexpr,
-        COMBINE: tl.constexpr, CMAX: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+        COMBINE: tl.constexpr, CMAX: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+        USE_PDL: tl.constexpr):
     """Rescan of chunk ``c`` from its incoming state: ``y`` with the ``D`` skip and ``silu(z)`` gate;
     the last chunk also writes the final state.
 
     The incoming state is read from ``st`` (written by the combine kernel) or, with ``COMBINE`` (at
     most ``CMAX`` earlier chunks), combined here from the earlier chunks' end states.
     """
+    pdl_sync(USE_PDL)
     pid_d = tl.program_id(0)
     c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -498,17 +503,18 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
     flags = dict(QUANT=quant, PTRS=ptrs, NP=np2)
     nblk = cdiv(d, p.bd)
     fold = 1 < p.n_chunks <= FOLD_CHUNKS + 1
+    pdl = pdl_args(u, eager=True)
     launches = []
     if p.n_chunks > 1:
         launches.append(launch_for_reuse(_chunk_state_kernel, (nblk, p.n_chunks - 1, bt),
                u, dt, A, B, bias_, st, ds, L, d, n, p.t_chunk, p.n_chunks,
                *u.stride(), *dt.stride(), *A.stride(), *B.stride(), su, sdt, sb,
                HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), BD=p.bd, T=state_block(p, np2),
-               num_warps=1, **flags))
+               num_warps=1, **flags, **pdl))
         if not fold:
             launches.append(launch_for_reuse(_chunk_combine_kernel, (cdiv(d, COMBINE_BD), bt),
                    A, init_, st, ds, d, n, p.n_chunks, *init_.stride(), *A.stride(), ss,
-                   HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags))
+                   HAS_INIT=init is not None, BD=COMBINE_BD, U=COMBINE_ROWS, num_warps=1, **flags, **pdl))
     regs = SCAN_MAX_REGS if p.t_block * np2 * max(1, p.bd // 8) <= 128 else None
     launches.append(launch_for_reuse(_chunk_scan_kernel, (nblk, p.n_chunks, bt),
            u, dt, A, B, C, D_, z_, bias_, init_, st, ds, y, last, L, d, n, p.t_chunk, p.n_chunks,
@@ -516,7 +522,7 @@ def _scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | No
            su, sdt, sz, ss, sb, scc,
            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus_dt), HAS_D=D is not None, HAS_Z=z is not None,
            HAS_INIT=init is not None, COMBINE=fold, CMAX=FOLD_CHUNKS, BD=p.bd, T=p.t_block,
-           num_warps=1, maxnreg=regs, **flags))
+           num_warps=1, maxnreg=regs, **flags, **pdl))
     if key is not None:
         constants = [t for t in (A, D, bias) if t is not None] + [s for s in sc if isinstance(s, Tensor)]
         _REPLAYS.keep(key, reuse.record(launches, [t for t in (u, dt, B, C, z, init) if t is not None],

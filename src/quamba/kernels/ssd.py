@@ -28,6 +28,7 @@ import triton.language as tl
 from .selective_scan import _scale, quantize_int8, scalar_arg, softplus
 from . import reuse
 from .launch import launch_for_reuse, cdiv, next_pow2
+from .pdl import pdl_args, pdl_sync
 from ..errors import InvalidArgumentError
 
 Tensor = torch.Tensor
@@ -63,7 +64,9 @@ def _state_kernel(
         s_xb, s_xl, s_xh, s_xp, s_db, s_dl, s_dh, s_bb, s_bl, s_bg, s_bn,
         QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_LIMIT: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
-        OP: tl.constexpr, CHUNK: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+        OP: tl.constexpr, CHUNK: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+        USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     c = tl.program_id(0)
     bh = tl.program_id(1)
     pn = tl.program_id(2)
@@ -128,7 +131,8 @@ def _cb_kernel(
         B_ptr, C_ptr, cb_ptr, L, G, N, NC, B_scale, C_scale,
         s_bb, s_bl, s_bg, s_bn, s_cb, s_cl, s_cg, s_cn,
         QUANT: tl.constexpr, PTRS: tl.constexpr, IEEE: tl.constexpr, OP: tl.constexpr,
-        CHUNK: tl.constexpr, BM: tl.constexpr, NP: tl.constexpr):
+        CHUNK: tl.constexpr, BM: tl.constexpr, NP: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     pair = tl.program_id(0)
     c = tl.program_id(1)
     bg = tl.program_id(2)
@@ -160,7 +164,8 @@ def _cb_kernel(
 @triton.jit
 def _pass_kernel(st_ptr, cs_ptr, init_ptr, sin_ptr, last_ptr, H, NC, SIZE, state_scale,
                  QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_INIT: tl.constexpr,
-                 CHUNK: tl.constexpr, BS: tl.constexpr):
+                 CHUNK: tl.constexpr, BS: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_sync(USE_PDL)
     blk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -234,9 +239,10 @@ def _out_kernel(
         s_xb, s_xl, s_xh, s_xp, s_cb, s_cl, s_cg, s_cn, s_yb, s_yl, s_yh, s_yp,
         QUANT: tl.constexpr, PTRS: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
         OP: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-        BP: tl.constexpr, NP: tl.constexpr, TWO_HEADS: tl.constexpr):
+        BP: tl.constexpr, NP: tl.constexpr, TWO_HEADS: tl.constexpr, USE_PDL: tl.constexpr):
     """Rows ``offs_m`` of one chunk for one head, or for two heads of a group (``TWO_HEADS``),
     which then share the loads of ``C`` and of the ``C B^T`` blocks."""
+    pdl_sync(USE_PDL)
     mi = tl.program_id(0)
     c = tl.program_id(1)
     bh = tl.program_id(2)
@@ -358,27 +364,28 @@ def _ssd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, init, ou
     bias_ = dt_bias.reshape(-1) if dt_bias is not None else A_
     D_ = D.reshape(-1) if D is not None else A_
 
+    pdl = pdl_args(x, eager=True)
     launches = [launch_for_reuse(_state_kernel, (nc, bt * h, cdiv(n, bn)),
            x, dt, A_, B, bias_, dtp, cs, st, L, h, g, n, p, nc, lo, hi, sx, sdt, sb,
            *x.stride(), *dt.stride(), *B.stride(),
            QUANT=quant, PTRS=ptrs, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
-           SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4)]
+           SPLIT=split, IEEE=ieee, OP=op, CHUNK=T, BT=bt_blk, BP=bp, BN=bn, num_warps=4, **pdl)]
     launches.append(launch_for_reuse(_cb_kernel, ((T // bm) ** 2, nc, bt * g),
            B, C, cb, L, g, n, nc, sb, sc, *B.stride(), *C.stride(),
-           QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4))
+           QUANT=quant, PTRS=ptrs, IEEE=ieee, OP=op, CHUNK=T, BM=bm, NP=np2, num_warps=4, **pdl))
     size = p * n
     bs = min(1024, next_pow2(size))
     init_ = init.contiguous() if init is not None else last
     sin = torch.empty(bt, nc, h, p, n, device=dev, dtype=_TORCH[op])
     launches.append(launch_for_reuse(_pass_kernel, (cdiv(size, bs), bt * h),
            st, cs, init_, sin, last, h, nc, size, ss,
-           QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4))
+           QUANT=quant, PTRS=ptrs, HAS_INIT=init is not None, CHUNK=T, BS=bs, num_warps=4, **pdl))
     two = OUT_TWO_HEADS and (h // g) % 2 == 0
     launches.append(launch_for_reuse(_out_kernel, (T // bm, nc, bt * h // (2 if two else 1)),
            x, C, D_, dtp, cs, sin, cb, y, L, h, g, n, p, nc, sx, sc,
            *x.stride(), *C.stride(), *y.stride(),
            QUANT=quant, PTRS=ptrs, HAS_D=D is not None, IEEE=ieee, OP=op, CHUNK=T, BM=bm, BK=bm,
-           BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2))
+           BP=bp, NP=np2, TWO_HEADS=two, num_warps=4, num_stages=1 if two else 2, **pdl))
     if key is not None:
         constants = [t for t in (A, D, dt_bias) if t is not None] + [s for s in (sx, sdt, sb, sc, ss)
                                                                     if isinstance(s, Tensor)]
