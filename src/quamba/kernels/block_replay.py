@@ -80,16 +80,15 @@ class BlockReplay:
     Pointer sources: ``inputs`` (indices ``0..n-1``), the workspace (``n``), then the outputs.
     """
 
-    __slots__ = ("steps", "workspace", "outs", "results", "checks", "device", "stream", "device_index")
+    __slots__ = ("steps", "workspace", "outs", "results", "checks", "device", "device_index")
 
-    def __init__(self, steps, workspace, outs, results, checks, device, stream):
+    def __init__(self, steps, workspace, outs, results, checks, device):
         self.steps = steps  # ("fire", Relaunch, ((arg position, source, offset), ...)) | ("copy", dst, src, bytes)
         self.workspace = workspace  # bytes
         self.outs = outs  # (shape, dtype) of each output allocation
         self.results = results  # per returned value: ("in", i) | ("out", j) | ("none",)
         self.checks = checks  # ((tensor, address, version), ...): the block's parameters and buffers
         self.device = device
-        self.stream = stream
         self.device_index = L.current_device_index()  # the launches fire on the device current when recorded
 
     def current(self) -> bool:
@@ -157,7 +156,7 @@ class _Build:
             raise _Refused("a copied tensor is neither an input nor allocated in the call")
         return None
 
-    def build(self, device: torch.device, stream: int, checks: tuple) -> BlockReplay:
+    def build(self, device: torch.device, checks: tuple) -> BlockReplay:
         steps = []
         for step, ev in enumerate(self.events):
             kind = ev[0]
@@ -198,7 +197,7 @@ class _Build:
                 final.append(("fire", st[1], tuple((pos, *source(src, off)) for pos, src, off in st[2])))
             else:
                 final.append(("copy", source(*st[1]), source(*st[2]), st[3]))
-        return BlockReplay(tuple(final), size, tuple(outs), tuple(results), checks, device, stream)
+        return BlockReplay(tuple(final), size, tuple(outs), tuple(results), checks, device)
 
     def _results(self, end: int):
         """The returned tensors: inputs returned as they are, or whole allocations (allocated on their own)."""
@@ -242,8 +241,7 @@ class _Build:
         return offsets, size
 
 
-def _record(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Callable, device: torch.device,
-            stream: int):
+def _record(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Callable, device: torch.device):
     """Runs ``call()`` while recording; returns its results and the replay (None when refused)."""
     events: list = []
     checks = tuple((t, t.data_ptr(), _version(t)) for t in (*module.parameters(), *module.buffers()))
@@ -255,7 +253,7 @@ def _record(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Call
         L.recording = None
     flat = list(results) if isinstance(results, tuple) else [results]
     try:
-        replay = _Build(inputs, events, flat).build(device, stream, checks)
+        replay = _Build(inputs, events, flat).build(device, checks)
     except _Refused:
         replay = None
     return results, replay
@@ -268,8 +266,7 @@ def run_block(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Ca
     if not (ENABLED and reuse.ENABLED) or L.hooks_set():
         return call()
     device = x.device
-    stream = L.current_stream(device)
-    key = (tuple(map(reuse.signature, inputs)), stream, get_backend(), module_epoch())
+    key = (tuple(map(reuse.signature, inputs)), L.current_stream(device), get_backend(), module_epoch())
     table = module.__dict__.setdefault("_block_replays", {})
     hit = table.get(key)
     if isinstance(hit, BlockReplay):
@@ -281,7 +278,7 @@ def run_block(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Ca
         if hit is None:
             _keep(table, key, 0)
         return call()
-    results, replay = _record(module, inputs, call, device, stream)
+    results, replay = _record(module, inputs, call, device)
     _keep(table, key, replay if replay is not None else hit + 1)
     return results
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from ..models.stamp import bump_module_epoch
 from .launch import Relaunch, current_device_index, hooks_set, interpreting
 
 Tensor = torch.Tensor
@@ -132,8 +133,6 @@ _TABLES: list[ReplayTable] = []
 def forget() -> None:
     """Drop every recorded replay, of ops and of blocks (after changing a launch setting that their keys do not
     hold, such as ``pdl.EAGER``)."""
-    from ..models.stamp import bump_module_epoch
-
     for table in _TABLES:
         table.clear()
     bump_module_epoch()
