@@ -16,7 +16,7 @@ import triton
 
 from quamba.kernels.gemv import INT8_VARIANTS, gemv, launch_int8_gemv
 from quamba.kernels.int8_gemm import epilogue_args, launch_gemv
-from quamba.bench import graph_replay_ms
+from quamba.kernels.timing import graph_replay_ms
 
 SHAPES = {"in_proj m1": (10240, 2560), "x_proj m1": (192, 5120), "dt_proj m1": (5120, 160),
           "out_proj": (2560, 5120), "in_proj m2": (10576, 2560), "lm_head": (50280, 2560)}

@@ -23,7 +23,7 @@ import triton.testing
 
 from quamba.kernels import hadamard as K
 from quamba.ops import qreference as Q
-from quamba.bench import graph_replay_ms
+from quamba.kernels.timing import graph_replay_ms
 
 DEV = "cuda"
 CALLS = 50

@@ -28,7 +28,7 @@ from quamba.config import shape_config
 from quamba.kernels import conv1d, gemv, int8_gemm, mamba1_step, qconv1d, state_update
 from quamba.kernels._small_common import per_tensor_scale_arg, scale_arg
 from quamba.ops import fused_reference as FR
-from quamba.bench import graph_replay_ms
+from quamba.kernels.timing import graph_replay_ms
 
 DEV = "cuda"
 F16 = torch.float16

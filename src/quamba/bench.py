@@ -54,36 +54,6 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -
     return statistics.median(times)
 
 
-def graph_replay_ms(calls: list[Callable[[], object]], reps: int = 9, warmup_calls: int | None = None) -> float:
-    """Median time of one replay of a CUDA graph that holds ``calls`` in order, in ms.
-
-    The calls run once eagerly on a side stream first (``warmup_calls`` of them: compilation,
-    autotuning); inside the graph their launch overhead is gone, which is how decode runs.
-    """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for c in calls[:warmup_calls]:
-            c()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def copy_bandwidth(nbytes: int = 2 << 30, device: str = "cuda") -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()

@@ -152,7 +152,12 @@ def prefill_tile(L: int, d: int, token_stride: int, channel_stride: int) -> tupl
     the first reads the initial state (taps K <= 8)."""
     block_l = 32 if L >= 32 else pow2(L, 8)
     block_d = min(128, pow2(d, 16))
-    return block_l, block_d, (block_l + 8) * abs(token_stride) + d * abs(channel_stride) >= 2 ** 31
+    return block_l, block_d, needs_off64(block_l, d, token_stride, channel_stride)
+
+
+def needs_off64(block_l: int, d: int, token_stride: int, channel_stride: int) -> bool:
+    """Whether a tile of ``block_l`` tokens (plus up to 7 behind) over any of ``d`` channels has offsets past int32."""
+    return (block_l + 8) * abs(token_stride) + d * abs(channel_stride) >= 2 ** 31
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True,

@@ -29,6 +29,7 @@ from . import reuse
 from ._small_common import device_scale_arg, quantize_int8
 from .launch import Relaunch, cdiv, current_stream, interpreting, launch, launch_for_reuse, next_pow2
 from .pdl import pdl_enabled, pdl_sync
+from .timing import graph_call_ms
 
 Tensor = torch.Tensor
 Scale = float | Tensor
@@ -194,11 +195,13 @@ def _gemm_persistent_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_va
                        ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE, BLOCK_M, BLOCK_N)
 
 
-# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: the H200 sweep's winners (benchmarks/int8_gemm_sweep.py) at the
-# Mamba shapes (64x64 with a K split for x_proj: 15 us against 27 us unsplit), then small-M tiles.
+# BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: the H200 sweeps' winners (benchmarks/int8_gemm_sweep.py at the large
+# Mamba shapes; benchmarks/prefill_tiles_sweep.py, GPU time in a graph, at x_proj and dt_proj: 64x128x64 in 3 stages
+# is dt_proj's best at 7.3 us, against 9.5 us for the tile the tuner took among the others), then small-M tiles.
 GEMM_TILES = [
-    (128, 128, 128, 3, 4), (128, 128, 64, 5, 4), (64, 256, 64, 5, 4), (64, 128, 128, 4, 4),
-    (256, 128, 128, 4, 8), (128, 256, 128, 3, 8), (64, 64, 128, 4, 4), (32, 128, 128, 4, 4), (16, 64, 128, 4, 4),
+    (128, 128, 128, 3, 4), (128, 128, 64, 5, 4), (64, 256, 64, 5, 4), (64, 128, 128, 4, 4), (64, 128, 64, 3, 4),
+    (128, 128, 64, 3, 4), (256, 128, 128, 4, 8), (128, 256, 128, 3, 8), (64, 64, 128, 4, 4), (32, 128, 128, 4, 4),
+    (16, 64, 128, 4, 4),
 ]
 # Tiles also tried as persistent kernels (2 programs per SM): the H200 sweep's winners with them (one program per
 # SM, or other tiles, never won; each candidate costs a compile at tuning time).
@@ -218,7 +221,9 @@ def gemm_split(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int,
 
 def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
     """Candidate launch configs (tile, stages, warps, K split) for an ``[m, k] x [n, k]`` GEMM; where the
-    tiles make more than one wave, the ``PERSIST_TILES`` also as persistent kernels of two programs per SM."""
+    tiles make more than one wave, the ``PERSIST_TILES`` also as persistent kernels of two programs per SM.
+    Where ``gemm_split`` splits K, the tile is also tried with 2 splits and unsplit (x_proj's best on the H200
+    was 2 splits: 8.6 us, against 10.3 for 3 and 10.2 unsplit)."""
     bucket = min(next_pow2(m), 4096)
     out = []
     for bm, bn, bk, stages, warps in GEMM_TILES:
@@ -226,7 +231,8 @@ def gemm_configs(m: int, n: int, k: int, sms: int) -> list[dict]:
             continue
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_stages=stages, num_warps=warps,
                    SPLIT_K=gemm_split(m, n, k, bm, bn, bk, sms))
-        out.append(cfg)
+        out += [dict(cfg, SPLIT_K=s) for s in sorted({cfg["SPLIT_K"], 2, 1}, reverse=True)
+                if s <= cfg["SPLIT_K"]]
         if (bm, bn, bk, stages, warps) in PERSIST_TILES and cfg["SPLIT_K"] == 1 and cdiv(m, bm) * cdiv(n, bn) > sms:
             out.append(dict(cfg, PERSIST=2))
     return out or [dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "num_warps"), GEMM_TILES[-1]),
@@ -523,13 +529,13 @@ def split_counters(device: torch.device, n: int) -> Tensor:
 
 
 def _tune(x: Tensor, w: Tensor, out: Tensor, ep: dict) -> dict:
-    from triton.testing import do_bench
-
+    """The fastest of ``gemm_configs`` by GPU time in a CUDA graph (eager timing would measure the launch path
+    of the small GEMMs: x_proj and dt_proj run in ~5-10 us)."""
     m, k = x.shape
     best, best_ms = None, float("inf")
     for cfg in gemm_configs(m, w.shape[0], k, num_sms(x.device)):
         try:
-            ms = do_bench(lambda: _run_gemm(x, w, out, ep, cfg), warmup=3, rep=10, return_mode="median")
+            ms = graph_call_ms(lambda cfg=cfg: _run_gemm(x, w, out, ep, cfg))
         except Exception:  # a tile that does not fit this GPU (shared memory, registers)
             continue
         if ms < best_ms:

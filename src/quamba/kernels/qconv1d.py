@@ -13,7 +13,7 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, scale_arg, silu,
                             store_window)
-from .conv1d import _check_common, check_state, conv_tile, prefill_tile, store_final_state, update_block
+from .conv1d import _check_common, check_state, conv_tile, needs_off64, store_final_state, update_block
 from .gemv import scratch_plan, zero_scratch
 from . import conv1d as CV, reuse
 from .launch import launch, launch_for_reuse, cdiv
@@ -123,25 +123,43 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
     k = w_q.shape[-1]
     _check(d, k, w_q, b_q, x_q, initial_state)
     check_state(initial_state, (bsz, d, k), update_state)
-    (xs, xsv, xsm), (ws, wsv, wsm), (bs, bsv, bsm), (os_, osv, osm) = _scales(d, x_scale, w_scale, b_q, b_scale,
-                                                                                  out_scale)
     y = torch.empty((bsz, L, d), device=x_q.device, dtype=torch.int8)
     if y.numel() == 0:
         return y
+    made = launch_qconv(x_q, y, _scales(d, x_scale, w_scale, b_q, b_scale, out_scale), w_q, b_q, initial_state,
+                        update_state)
+    CV.keep_conv(key, made, x_q, initial_state, y, [w_q, b_q, x_scale, w_scale, b_scale, out_scale])
+    return y
+
+
+def qconv_tile(L: int, d: int) -> tuple[int, int, int]:
+    """``(BLOCK_L, BLOCK_D, num_warps)`` of a prefill int8 conv: one-warp tiles of 8 tokens x 64 channels, the
+    fastest of the H200 sweep (benchmarks/prefill_tiles_sweep.py: 14.5 us at 1024 x 5120, against 15.6 us for
+    the fp conv's 32 x 128 tiles over 4 warps). 8 tokens is the shortest tile ``store_final_state`` allows."""
+    return 8, min(64, pow2(d, 16)), 1
+
+
+def launch_qconv(x_q: Tensor, y: Tensor, scales: tuple, w_q: Tensor, b_q: Tensor | None, state: Tensor | None,
+                 update_state: bool, tile: tuple[int, int, int] | None = None):
+    """Launch the prefill kernel (``scales``: ``_scales``' four ``scale_arg`` triples); ``tile = (BLOCK_L,
+    BLOCK_D, num_warps)`` overrides ``qconv_tile`` (the benchmark sweep). Returns ``launch_for_reuse``'s result."""
+    bsz, L, d = x_q.shape
+    k = w_q.shape[-1]
+    xs, ws, bs, os_ = scales
+    block_l, block_d, warps = tile or qconv_tile(L, d)
+    off64 = needs_off64(block_l, d, x_q.stride(1), x_q.stride(2))
     b_c = b_q.reshape(-1).contiguous() if b_q is not None else None
-    st = initial_state
-    block_l, block_d, off64 = prefill_tile(L, d, x_q.stride(1), x_q.stride(2))
+    st = state
     grid = (cdiv(L, block_l), cdiv(d, block_d), bsz)
-    made = launch_for_reuse(_qconv_fwd_kernel, grid,
-                            x_q, w_q, b_c, st, y, L, d, xs, xsv, ws, wsv, bs, bsv, os_, osv,
+    return launch_for_reuse(_qconv_fwd_kernel, grid,
+                            x_q, w_q, b_c, st, y, L, d, *xs[:2], *ws[:2], *bs[:2], *os_[:2],
                             x_q.stride(0), x_q.stride(1), x_q.stride(2), w_q.stride(0), w_q.stride(1),
                             st.stride(0) if st is not None else 0, st.stride(1) if st is not None else 0,
                             st.stride(2) if st is not None else 0, y.stride(0), y.stride(1),
-                            XS_M=xsm, WS_M=wsm, BS_M=bsm, OS_M=osm, K=k, KP=pow2(k, 2), HAS_BIAS=b_q is not None,
-                            HAS_STATE=st is not None, STORE_STATE=update_state, BLOCK_L=block_l, BLOCK_D=block_d,
-                            OFF64=off64, num_warps=4, **pdl_args(x_q, eager=True))
-    CV.keep_conv(key, made, x_q, initial_state, y, [w_q, b_q, x_scale, w_scale, b_scale, out_scale])
-    return y
+                            XS_M=xs[2], WS_M=ws[2], BS_M=bs[2], OS_M=os_[2], K=k, KP=pow2(k, 2),
+                            HAS_BIAS=b_q is not None, HAS_STATE=st is not None, STORE_STATE=update_state,
+                            BLOCK_L=block_l, BLOCK_D=block_d, OFF64=off64, num_warps=warps,
+                            **pdl_args(x_q, eager=True))
 
 
 def qcausal_conv1d_update(x_q: Tensor, conv_state: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale,
