@@ -8,7 +8,7 @@ Four settings: ``all`` (op and block replays, eager prefill kernels launched wit
 without PDL: ``pdl.EAGER`` off), ``ops`` (op replays only, no PDL: ``block_replay.ENABLED`` off) and ``off``
 (``quamba.kernels.reuse.ENABLED`` off; ``QUAMBA_REPLAY=0`` at start-up does the same for a process). Every switch
 drops the recorded replays (``reuse.forget``), which the warm-up calls record again.
-Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--json]
+Usage: PYTHONPATH=src python benchmarks/ttft_rounds.py --shape mamba-2.8b [--rounds 7] [--settings all,nopdl] [--json]
 """
 from __future__ import annotations
 
@@ -33,14 +33,16 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="a comma-separated subset of " + ",".join(SETTINGS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    settings = [s for s in SETTINGS if s in args.settings.split(",")]
     decoders = {}
     for prec in ("fp16", "w8a8"):
         model = build_model(None, args.shape, prec)
         prompt = torch.randint(0, model.config.tokenizer_vocab_size, (1, args.prompt_len), device="cuda")
         decoders[prec] = (GraphDecoder(model, 1), prompt)
-    variants = [(prec, s) for s in SETTINGS for prec in ("fp16", "w8a8")]
+    variants = [(prec, s) for s in settings for prec in ("fp16", "w8a8")]
     times: dict[str, list[float]] = {f"{p} replay={s}": [] for p, s in variants}
     for _ in range(args.rounds):
         for prec, setting in variants:
@@ -53,7 +55,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     report = {"shape": args.shape, "device": torch.cuda.get_device_name(), "prompt_len": args.prompt_len,
               "rounds": times, "median_ms": med,
-              "w8a8_over_fp16": {s: med[f"w8a8 replay={s}"] / med[f"fp16 replay={s}"] for s in SETTINGS}}
+              "w8a8_over_fp16": {s: med[f"w8a8 replay={s}"] / med[f"fp16 replay={s}"] for s in settings}}
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -33,6 +33,7 @@ def token_major(b: int, L: int, d: int, dtype, pad: int = 7) -> torch.Tensor:
     (1, 37, 97, 4, True, True, True),
     (3, 5, 48, 4, False, False, True),
     (3, 40, 24, 3, True, False, False),
+    (2, 9, 24, 3, False, True, True),  # 3 taps with a state
     (1, 2, 20, 4, True, True, True),
     (2, 101, 32, 4, True, True, True),  # interior tiles: the unmasked path
 ])
