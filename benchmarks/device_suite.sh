@@ -11,7 +11,7 @@ has() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 if has tests; then
   echo "== GPU tests"
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests} \
+  timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests} \
     >"$OUT/gpu_tests.log" 2>&1
   echo "rc=$?"; grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -40

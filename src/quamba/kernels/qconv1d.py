@@ -13,7 +13,8 @@ import triton.language as tl
 from .pdl import pdl_args, pdl_sync
 from ._small_common import (load_scale, old_taps, pow2, push_tap, quantize_int8, scale_arg, silu,
                             store_window)
-from .conv1d import _check_common, check_state, conv_tile, needs_off64, store_final_state, update_block
+from .conv1d import (_check_common, check_state, conv_tile, needs_off64, prefill_tile, store_final_state,
+                     update_block)
 from .gemv import scratch_plan, zero_scratch
 from . import conv1d as CV, reuse
 from .launch import launch, launch_for_reuse, cdiv
@@ -133,10 +134,10 @@ def qcausal_conv1d(x_q: Tensor, x_scale: Scale, w_q: Tensor, w_scale: Scale, b_q
 
 
 def qconv_tile(L: int, d: int) -> tuple[int, int, int]:
-    """``(BLOCK_L, BLOCK_D, num_warps)`` of a prefill int8 conv: one-warp tiles of 8 tokens x 64 channels, the
-    fastest of the H200 sweep (benchmarks/prefill_tiles_sweep.py: 14.5 us at 1024 x 5120, against 15.6 us for
-    the fp conv's 32 x 128 tiles over 4 warps). 8 tokens is the shortest tile ``store_final_state`` allows."""
-    return 8, min(64, pow2(d, 16)), 1
+    """``(BLOCK_L, BLOCK_D, num_warps)`` of a prefill int8 conv: the fp conv's tiles over 4 warps, the fastest of the
+    H200 sweep (benchmarks/prefill_tiles_sweep.py, 32 x 128: 9.7 us at 1024 x 5120)."""
+    block_l, block_d, _ = prefill_tile(L, d, 0, 0)
+    return block_l, block_d, 4
 
 
 def launch_qconv(x_q: Tensor, y: Tensor, scales: tuple, w_q: Tensor, b_q: Tensor | None, state: Tensor | None,
