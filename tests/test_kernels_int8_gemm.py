@@ -140,6 +140,23 @@ def test_gemm_split_only_when_tiles_are_few():
     assert any(c.get("PERSIST") for c in G.gemm_configs(1024, 10240, 2560, 132))
 
 
+def test_split_gemms_also_try_fewer_splits():
+    """Each x_proj tile comes with its planned split, 2 splits and none; dt_proj (tiles enough) is never split."""
+    def tile(c):
+        return c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_stages"], c["num_warps"]
+
+    splits: dict[tuple, list[int]] = {}
+    for c in G.gemm_configs(1024, 192, 5120, 132):
+        splits.setdefault(tile(c), []).append(c["SPLIT_K"])
+    assert any(max(v) > 2 for v in splits.values())
+    for t, got in splits.items():
+        planned = G.gemm_split(1024, 192, 5120, *t[:3], 132)
+        assert sorted(got) == sorted({1, min(2, planned), planned}), (t, got)
+    dt_proj = G.gemm_configs(1024, 5120, 160, 132)
+    assert all(c["SPLIT_K"] == 1 for c in dt_proj)
+    assert any(tile(c) == (64, 128, 64, 3, 4) for c in dt_proj)
+
+
 def test_gemv_plan_fills_the_gpu():
     for n, k in [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120), (10576, 2560)]:
         bn, bk, split, per = G.gemv_plan(n, k, 132)
