@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import launch as L
 from . import reuse
-from ..models.stamp import module_epoch
+from ..models.stamp import module_epoch, tensor_stamp
 from ..ops.dispatch import get_backend
 
 Tensor = torch.Tensor
@@ -87,13 +87,13 @@ class BlockReplay:
         self.workspace = workspace  # bytes
         self.outs = outs  # (shape, dtype) of each output allocation
         self.results = results  # per returned value: ("in", i) | ("out", j) | ("none",)
-        self.checks = checks  # ((tensor, address, version), ...): the block's parameters and buffers
+        self.checks = checks  # ((tensor, tensor_stamp), ...): the block's parameters and buffers
         self.device = device
         self.device_index = L.current_device_index()  # the launches fire on the device current when recorded
 
     def current(self) -> bool:
         """Whether the block's parameters and buffers still have the addresses and versions recorded."""
-        return all(t.data_ptr() == p and _version(t) == v for t, p, v in self.checks)
+        return all(tensor_stamp(t) == stamp for t, stamp in self.checks)
 
     def run(self, inputs: Sequence[Tensor | None]) -> list[Tensor | None]:
         dev = self.device
@@ -123,10 +123,6 @@ def _bytes(ref: tuple, inputs, ws, outs, nbytes: int) -> Tensor:
     n = len(inputs)
     t = inputs[src] if src < n else ws if src == n else outs[src - n - 1]
     return t.view(-1).view(torch.uint8)[off:off + nbytes]
-
-
-def _version(t: Tensor) -> int:
-    return -1 if t.is_inference() else t._version
 
 
 class _Build:
@@ -244,7 +240,7 @@ class _Build:
 def _record(module: torch.nn.Module, inputs: Sequence[Tensor | None], call: Callable, device: torch.device):
     """Runs ``call()`` while recording; returns its results and the replay (None when refused)."""
     events: list = []
-    checks = tuple((t, t.data_ptr(), _version(t)) for t in (*module.parameters(), *module.buffers()))
+    checks = tuple((t, tensor_stamp(t)) for t in (*module.parameters(), *module.buffers()))
     L.recording = events
     try:
         with _Watch(events):

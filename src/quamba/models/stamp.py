@@ -18,8 +18,8 @@ _epoch = [0]
 
 def module_epoch() -> int:
     """A counter that moves whenever a module's structure or settings may have changed: a parameter, buffer
-    or submodule registered or assigned anywhere, a quantized module's attribute or scale set, the dispatch
-    backend switched. Replays of whole blocks (``kernels.block_replay``) are keyed on it."""
+    or submodule registered or assigned anywhere, a quantized module's attribute or scale set, every replay
+    dropped (``kernels.reuse.forget``). Replays of whole blocks (``kernels.block_replay``) are keyed on it."""
     return _epoch[0]
 
 
