@@ -35,26 +35,36 @@ def gemm_candidates(k: int, n: int) -> list[dict]:
     return out
 
 
+def time_candidates(kernel: str, library: str, run, out: torch.Tensor, candidates) -> list[dict]:
+    """Rows for ``run(None)`` (the library's choice, named ``library``) and for ``run(c)`` per candidate: GPU time in
+    a graph, and whether ``out`` (zeroed before each run) equals the library's result."""
+    run(None)
+    want = out.clone()
+    rows = [dict(kernel=kernel, config="library " + library, us=graph_call_ms(lambda: run(None)) * 1e3)]
+    for c in candidates:
+        try:
+            out.fill_(0)
+            run(c)
+            exact = bool(torch.equal(out, want))
+            us = graph_call_ms(lambda c=c: run(c)) * 1e3
+        except Exception as e:  # noqa: BLE001  (a tile the compiler rejects: report it, go on)
+            rows.append(dict(kernel=kernel, config=str(c), error=type(e).__name__))
+            continue
+        rows.append(dict(kernel=kernel, config=str(c), us=us, exact=exact))
+    return rows
+
+
 def sweep_gemm(name: str, x: torch.Tensor, w: torch.Tensor) -> list[dict]:
     m, n = x.shape[0], w.shape[0]
     out = torch.empty(m, n, dtype=torch.int8, device=DEV)
     ep = G.epilogue_args(0.02, 0.01, None, 0.5, m, n, out)
+
+    def run(cfg):
+        return G.launch_gemm(x, w, out, ep) if cfg is None else G._run_gemm(x, w, out, ep, cfg)
+
     G.launch_gemm(x, w, out, ep)
-    want = out.clone()
     tuned = G._TUNED[G.tune_key(m, n, x.shape[1], x.device, True)]
-    rows = [dict(kernel=name, config="library " + str(tuned),
-                 us=graph_call_ms(lambda: G.launch_gemm(x, w, out, ep)) * 1e3)]
-    for cfg in gemm_candidates(x.shape[1], n):
-        try:
-            out.fill_(0)
-            G._run_gemm(x, w, out, ep, cfg)
-            exact = bool(torch.equal(out, want))
-            us = graph_call_ms(lambda cfg=cfg: G._run_gemm(x, w, out, ep, cfg)) * 1e3
-        except Exception as e:  # noqa: BLE001  (a tile the compiler rejects: report it, go on)
-            rows.append(dict(kernel=name, config=str(cfg), error=type(e).__name__))
-            continue
-        rows.append(dict(kernel=name, config=str(cfg), us=us, exact=exact))
-    return rows
+    return time_candidates(name, str(tuned), run, out, gemm_candidates(x.shape[1], n))
 
 
 def sweep_conv(L: int) -> list[dict]:
@@ -65,28 +75,10 @@ def sweep_conv(L: int) -> list[dict]:
     state = torch.randint(-128, 128, (1, D_INNER, 4), dtype=torch.int8, device=DEV)
     scales = Q._scales(D_INNER, 0.05, 0.01, b, 0.02, 0.03)
     y = torch.empty(1, L, D_INNER, dtype=torch.int8, device=DEV)
-
-    def run(tile=None):
-        return Q.launch_qconv(x, y, scales, w, b, state, False, tile)
-
-    run()
-    want = y.clone()
-    rows = [dict(kernel="qconv", config="library " + str(Q.qconv_tile(L, D_INNER)), us=graph_call_ms(run) * 1e3)]
-    for bl, bd, warps in itertools.product((8, 16, 32, 64), (64, 128, 256, 512), (1, 2, 4, 8)):
-        per_thread = bl * bd / (32 * warps)
-        if not 4 <= per_thread <= 128 or cdiv(L, bl) * cdiv(D_INNER, bd) < 132:
-            continue
-        tile = (bl, bd, warps)
-        try:
-            y.fill_(0)
-            run(tile)
-            exact = bool(torch.equal(y, want))
-            us = graph_call_ms(lambda tile=tile: run(tile)) * 1e3
-        except Exception as e:  # noqa: BLE001
-            rows.append(dict(kernel="qconv", config=str(tile), error=type(e).__name__))
-            continue
-        rows.append(dict(kernel="qconv", config=str(tile), us=us, exact=exact))
-    return rows
+    tiles = [(bl, bd, warps) for bl, bd, warps in itertools.product((8, 16, 32, 64), (64, 128, 256, 512), (1, 2, 4, 8))
+             if 4 <= bl * bd / (32 * warps) <= 128 and cdiv(L, bl) * cdiv(D_INNER, bd) >= 132]
+    return time_candidates("qconv", str(Q.qconv_tile(L, D_INNER)),
+                           lambda tile: Q.launch_qconv(x, y, scales, w, b, state, False, tile), y, tiles)
 
 
 def main() -> None:
