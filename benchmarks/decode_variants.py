@@ -1,4 +1,5 @@
-"""Decode and prefill under launch variants (PDL, fused Mamba2 decode step, block norms folded into GEMVs).
+"""Decode and prefill under launch variants (PDL, fused Mamba2 decode step, block norms folded into GEMVs, the
+W8A8 conv update inside in_proj).
 
 For each precision: TPOT of a CUDA-graph decoder captured under each variant, the greedy tokens of
 all (must agree), the eager prefill's wall time, and (``--cprofile``) where the prefill's host time goes.
@@ -24,9 +25,9 @@ from quamba.graphs import GraphDecoder
 from profile_step import gpu_total_us  # benchmarks/ is on the path when this script runs
 
 
-_DEFAULTS = {"QUAMBA_PDL": "1", "QUAMBA_FUSED_DECODE": "1", "QUAMBA_FOLD_NORMS": "1"}
+_DEFAULTS = {"QUAMBA_PDL": "1", "QUAMBA_FUSED_DECODE": "1", "QUAMBA_FOLD_NORMS": "1", "QUAMBA_FUSED_IN_PROJ": "1"}
 VARIANTS = {"plain": {"QUAMBA_PDL": "0"}, "pdl": {}, "unfused": {"QUAMBA_FUSED_DECODE": "0"},
-            "nofold": {"QUAMBA_FOLD_NORMS": "0"}}
+            "nofold": {"QUAMBA_FOLD_NORMS": "0"}, "noinproj": {"QUAMBA_FUSED_IN_PROJ": "0"}}
 
 
 def greedy(dec: GraphDecoder, prompt: torch.Tensor, n: int) -> list[int]:

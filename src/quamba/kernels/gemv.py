@@ -259,22 +259,18 @@ def _dot4(w, x, acc, USE_DP4A: tl.constexpr):
 
 
 @triton.jit
-def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-                       M, N, K4, stride_xm4, stride_wn4, stride_om,
-                       XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
-                       USE_DP4A: tl.constexpr, PREFETCH: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr, USE_PDL: tl.constexpr):
-    """Int8 GEMV on int32 words (4 codes each, ``K4 = K / 4``): one dp4a per word, 16-byte loads.
+def word_dots(x_ptr, w_ptr, rm, rn, M, N, K4, stride_xm4, stride_wn4, USE_DP4A: tl.constexpr,
+              PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr,
+              USE_PDL: tl.constexpr):
+    """``x[rm] . w[rn]`` in exact int32 ``[BLOCK_M, BLOCK_N]`` over int32 words (4 codes each, ``K4 = K / 4``):
+    one dp4a per word, 16-byte loads.
 
-    Rows past ``N`` / ``M`` are clamped on load (so whole K tiles load unmasked) and masked on store.
+    Rows past ``N`` / ``M`` are clamped on load (so whole K tiles load unmasked); the caller masks them.
     ``PREFETCH`` (needs ``K4 >= BLOCK_K4``) issues the loads of the next K tile before multiplying the
     current one, doubling the bytes each thread keeps in flight (the last tile is loaded twice, from
     cache). A masked tail tile covers ``K4 % BLOCK_K4``. The first weight tile is loaded before
     ``pdl_sync`` (weights do not depend on the previous kernel).
     """
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K4)
     w_ptrs = w_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(rn, N - 1)[:, None] * stride_wn4 + rk[None, :]
     x_ptrs = x_ptr.to(tl.pointer_type(tl.int32)) + tl.minimum(rm, M - 1)[:, None] * stride_xm4 + rk[None, :]
@@ -309,7 +305,21 @@ def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_
         w_t = tl.load(w_ptrs + k0, mask=k_ok[None, :], other=0)
         x_t = tl.load(x_ptrs + k0, mask=k_ok[None, :], other=0)
         acc = _dot4(w_t[None, :, :], x_t[:, None, :], acc, USE_DP4A)
-    _epilogue(tl.sum(acc, axis=2), rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
+    return tl.sum(acc, axis=2)
+
+
+@triton.jit
+def _int8_gemv4_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                       M, N, K4, stride_xm4, stride_wn4, stride_om,
+                       XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr,
+                       USE_DP4A: tl.constexpr, PREFETCH: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr, USE_PDL: tl.constexpr):
+    """Int8 GEMV on int32 words (``word_dots``), then the shared int8 epilogue."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    acc = word_dots(x_ptr, w_ptr, rm, rn, M, N, K4, stride_xm4, stride_wn4, USE_DP4A, PREFETCH,
+                    BLOCK_M, BLOCK_N, BLOCK_K4, USE_PDL)
+    _epilogue(acc, rm[:, None], rn[None, :], M, N, out_ptr, stride_om,
               xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
 
 

@@ -61,10 +61,11 @@ def _scale(ptr, val, idx, ok, MODE: tl.constexpr, OTHER: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
-              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
-              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
-    """Scale the int32 ``acc`` (rows/cols broadcast against it) like the reference and store it."""
+def epilogue_values(acc, rows, cols, M, N, out_ty: tl.constexpr,
+                    xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+                    XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
+    """The int32 ``acc`` (rows/cols broadcast against it) scaled like the reference: int8 codes, or
+    ``out_ty`` values when there is no output scale (``OS_MODE == 3``)."""
     row_ok = rows < M
     col_ok = cols < N
     y = acc.to(tl.float32) * _scale(xs_ptr, xs_val, rows, row_ok, XS_MODE, 0.0)
@@ -72,10 +73,18 @@ def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
     if HAS_BIAS:
         y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if OS_MODE == 3:
-        out = y.to(out_ptr.dtype.element_ty)
-    else:
-        out = quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
-    tl.store(out_ptr + rows * stride_om + cols, out, mask=row_ok & col_ok)
+        return y.to(out_ty)
+    return quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
+
+
+@triton.jit
+def _epilogue(acc, rows, cols, M, N, out_ptr, stride_om,
+              xs_ptr, xs_val, ws_ptr, ws_val, b_ptr, os_ptr, os_val,
+              XS_MODE: tl.constexpr, WS_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, OS_MODE: tl.constexpr):
+    """``epilogue_values`` stored at ``out_ptr``."""
+    out = epilogue_values(acc, rows, cols, M, N, out_ptr.dtype.element_ty, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr,
+                          os_ptr, os_val, XS_MODE, WS_MODE, HAS_BIAS, OS_MODE)
+    tl.store(out_ptr + rows * stride_om + cols, out, mask=(rows < M) & (cols < N))
 
 
 @triton.jit

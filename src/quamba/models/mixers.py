@@ -40,6 +40,12 @@ def fused_decode() -> bool:
     return os.environ.get("QUAMBA_FUSED_DECODE", "1") != "0"
 
 
+def fused_in_proj() -> bool:
+    """Whether W8A8 decode steps run the conv update inside in_proj's GEMV (``ops.qin_proj_conv_step``;
+    ``QUAMBA_FUSED_IN_PROJ=0``: two launches, in_proj then the conv)."""
+    return os.environ.get("QUAMBA_FUSED_IN_PROJ", "1") != "0"
+
+
 def fold_norms() -> bool:
     """Whether fused decode steps fold the block norms into the GEMVs (``QUAMBA_FOLD_NORMS=0``: one norm
     kernel per block)."""

@@ -44,5 +44,8 @@ rms_linear = dispatched("rms_linear", fused_reference.rms_linear)
 qssd_gate_step = dispatched("qssd_gate_step", fused_reference.qssd_gate_step)
 rms_hadamard_quant = dispatched("rms_hadamard_quant", fused_reference.rms_hadamard_quant)
 
+# W8A8 decode of either architecture: int8 in_proj with the int8 conv update (Mamba1: and x_proj's products)
+qin_proj_conv_step = dispatched("qin_proj_conv_step", fused_reference.qin_proj_conv_step)
+
 # block pre-norm folded into the GEMVs around it (decode, either architecture)
 linear_add_norm = dispatched("linear_add_norm", fused_reference.linear_add_norm)

@@ -50,6 +50,7 @@ TRITON_KERNELS: dict[str, str] = {
     "ssd_gate_step": "quamba.kernels.mamba2_step:ssd_gate_step",
     "rms_linear": "quamba.kernels.mamba2_step:rms_linear",
     "qssd_gate_step": "quamba.kernels.mamba2_step:qssd_gate_step",
+    "qin_proj_conv_step": "quamba.kernels.qin_proj_step:qin_proj_conv_step",
     "rms_hadamard_quant": "quamba.kernels.hadamard:rms_hadamard_quant",
     "linear_add_norm": "quamba.kernels.gemv:linear_add_norm",
 }

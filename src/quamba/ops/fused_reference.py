@@ -125,6 +125,25 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     return y
 
 
+def qin_proj_conv_step(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Scale, bias: Tensor | None,
+                       out_scale: Scale, conv_state: Tensor, conv_w: Tensor, conv_w_scale: Scale,
+                       conv_b: Tensor | None, conv_b_scale: Scale, conv_out_scale: Scale, start: int,
+                       zero: Tensor | None = None, xproj_w: Tensor | None = None,
+                       acc: Tensor | None = None) -> Tensor:
+    """Int8 twin of ``in_proj_conv_step``: ``y = int8_linear(h_q, weight, ..., out_scale)`` (int8), then
+    ``qcausal_conv1d_update`` on the columns ``[start, start + C)`` (int8 ``conv_state [B, C, K]`` in place;
+    its input scale is ``out_scale`` on those columns), whose int8 output replaces them. ``zero`` is zeroed.
+    With ``xproj_w [R, C]`` the exact int32 ``u @ xproj_w^T`` of those columns is added into ``acc [B, R]``."""
+    y = Q.int8_linear(h_q, weight, h_scale, w_scale, bias, out_scale=out_scale)
+    end = start + conv_state.shape[1]
+    in_scale = out_scale[start:end] if isinstance(out_scale, Tensor) and out_scale.numel() > 1 else out_scale
+    y[:, start:end] = Q.qcausal_conv1d_update(y[:, start:end], conv_state, in_scale, conv_w, conv_w_scale, conv_b,
+                                              conv_b_scale, conv_out_scale, zero=zero)
+    if xproj_w is not None:
+        acc.add_(Q.int_matmul(y[:, start:end], xproj_w))
+    return y
+
+
 def ssd_gate_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                   dt_bias: Tensor | None, dt_limit: tuple[float, float], z: Tensor, norm_w: Tensor, group: int,
                   ss: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from .. import ops
 from ..config import MambaConfig
 from ..models.cache import LayerState
-from ..models.mixers import Mamba1Mixer, decode_work
+from ..models.mixers import Mamba1Mixer, decode_work, fused_in_proj
 from .base import QModule, fake_quant, quantize_per_tensor
 from .linear import HadamardLinear, W8A8Linear
 
@@ -106,7 +106,6 @@ class QMamba1Mixer(QModule):
     def forward(self, h: Tensor, state: LayerState | None = None) -> Tensor:
         if self.fake:
             return self._forward_fake(h, state)
-        x, z = self.in_proj(h).chunk(2, dim=-1)
         s_xz = self.in_proj.scale("output_scale")
         s_u = self.x_proj.scale("input_scale")
         s_bc = self.x_proj.scale("output_scale")
@@ -115,12 +114,19 @@ class QMamba1Mixer(QModule):
         A, D, dt_bias = self._params()
         if state is not None and h.shape[1] == 1:
             acc, done = state.work
-            u, acc = ops.qconv_xproj_step(x[:, 0], state.conv, s_xz, *self._conv_params(), s_u, self.x_proj.weight,
-                                          acc)
+            if h.dtype == torch.int8 and fused_in_proj():
+                lin = self.in_proj
+                u, z = ops.qin_proj_conv_step(h[:, 0], lin.scale("input_scale"), lin.weight, lin.scale("weight_scale"),
+                                              lin.bias, s_xz, state.conv, *self._conv_params(), s_u, 0,
+                                              xproj_w=self.x_proj.weight, acc=acc).chunk(2, dim=-1)
+            else:
+                x, z = self.in_proj(h)[:, 0].chunk(2, dim=-1)
+                u, acc = ops.qconv_xproj_step(x, state.conv, s_xz, *self._conv_params(), s_u, self.x_proj.weight, acc)
             y = ops.qdtproj_state_step(state.ssm, s_h, u, s_u, acc, self.x_proj.scale("weight_scale"), s_bc,
-                                       self.dt_proj.weight, self.dt_proj.scale("weight_scale"), s_dt, A, D, z[:, 0],
+                                       self.dt_proj.weight, self.dt_proj.scale("weight_scale"), s_dt, A, D, z,
                                        s_xz, dt_bias, out_dtype=self.out_dtype, done=done)
             return self.out_proj(y).unsqueeze(1)
+        x, z = self.in_proj(h).chunk(2, dim=-1)
         u = ops.qcausal_conv1d(x, s_xz, *self._conv_params(), s_u,
                                initial_state=state.conv if state is not None else None, update_state=state is not None)
         dt, B, C = self._dt_b_c(u)

@@ -13,7 +13,7 @@ import torch
 from .. import ops
 from ..config import MambaConfig
 from ..models.cache import LayerState
-from ..models.mixers import Mamba2Mixer, fused_decode
+from ..models.mixers import Mamba2Mixer, fused_decode, fused_in_proj
 from .base import QModule, fake_quant, quantize_per_segment, quantize_per_tensor, segment_vector
 from .linear import HadamardLinear, W8A8Linear
 
@@ -133,16 +133,22 @@ class QMamba2Mixer(QModule):
                 and self.out_proj.hadamard_input and self.out_proj.act == "static")
 
     def _decode_fused(self, h: Tensor, state: LayerState) -> Tensor:
-        """One token with the SSD update + gate in one kernel (``ops.qssd_gate_step``, sums of squares into
-        ``state.work[0]``, which the conv update zeroes first) and the norm finished inside the Hadamard
-        quantization of out_proj's input (``ops.rms_hadamard_quant``): five launches instead of six."""
+        """One token in four launches instead of six: in_proj with the conv update (``ops.qin_proj_conv_step``,
+        which zeroes ``state.work[0]``), the SSD update + gate in one kernel (``ops.qssd_gate_step``, sums of
+        squares into ``state.work[0]``), the norm finished inside the Hadamard quantization of out_proj's input
+        (``ops.rms_hadamard_quant``), and out_proj."""
         c, s = self.cfg, self._seg
         b = h.shape[0]
         ss = state.work[0]
-        z, xbc, dt = self._split(self.in_proj(h)[:, 0])
-        xbc_o = ops.qcausal_conv1d_update(xbc, state.conv, self._conv_in_scale(), self.conv_weight,
-                                          self.conv_weight_scale, self.conv_bias, self.conv_bias_scale,
-                                          self.conv_out_scale, zero=ss)
+        conv = (self.conv_weight, self.conv_weight_scale, self.conv_bias, self.conv_bias_scale, self.conv_out_scale)
+        if h.dtype == torch.int8 and fused_in_proj():
+            lin = self.in_proj
+            z, xbc_o, dt = self._split(ops.qin_proj_conv_step(
+                h[:, 0], lin.scale("input_scale"), lin.weight, lin.scale("weight_scale"), lin.bias,
+                lin.scale("output_scale"), state.conv, *conv, c.d_inner, zero=ss))
+        else:
+            z, xbc, dt = self._split(self.in_proj(h)[:, 0])
+            xbc_o = ops.qcausal_conv1d_update(xbc, state.conv, self._conv_in_scale(), *conv, zero=ss)
         x, B, C = self._split_xbc(xbc_o)
         A, D = self._A_D()
         gw = ops.qssd_gate_step(state.ssm, self.scale("ssm_state_scale"), x.reshape(b, c.nheads, c.headdim), s["x"],
