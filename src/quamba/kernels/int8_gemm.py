@@ -73,8 +73,10 @@ def epilogue_values(acc, rows, cols, M, N, out_ty: tl.constexpr,
     if HAS_BIAS:
         y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if OS_MODE == 3:
-        return y.to(out_ty)
-    return quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
+        out = y.to(out_ty)
+    else:
+        out = quantize_int8(y, _scale(os_ptr, os_val, cols, col_ok, OS_MODE, 1.0))
+    return out
 
 
 @triton.jit

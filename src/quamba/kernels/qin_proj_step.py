@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..errors import InvalidArgumentError
 from ._small_common import old_taps, pow2, push_tap, scale_arg, store_window
-from .gemv import MAX_M, _words_ok, int8_gemv_plan, scratch_plan, word_dots, zero_scratch
+from .gemv import MAX_M, _words_ok, scratch_plan, word_dots, zero_scratch
 from .int8_gemm import cached_epilogue_args, epilogue_values, int8_linear
 from .launch import cdiv, interpreting, launch, next_pow2
 from .pdl import pdl_args
@@ -61,7 +61,7 @@ def _qin_proj_conv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val,
     if XPROJ:
         rr = tl.arange(0, BLOCK_R)
         xw = tl.load(xw_ptr + rr[:, None] * s_xr + c[None, :] * s_xc, mask=(rr < NR)[:, None] & c_ok[None, :],
-                     other=0).to(tl.int32)
+                     other=0)
     acc = word_dots(x_ptr, w_ptr, rm, rn, M, N, K4, stride_xm4, stride_wn4, USE_DP4A, PREFETCH,
                     BLOCK_M, BLOCK_N, BLOCK_K4, USE_PDL)
     q = epilogue_values(acc, rm[:, None], rn[None, :], M, N, tl.int8, xs_ptr, xs_val, ws_ptr, ws_val, b_ptr,
@@ -75,7 +75,7 @@ def _qin_proj_conv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val,
                                 cbs_ptr, cbs_val, cos_ptr, cos_val, OS_MODE, CWS_M, CBS_M, COS_M, HAS_CB)
         q = tl.where(c_ok[None, :], u, q)
         if XPROJ:
-            part = tl.sum(xw[None, :, :] * u.to(tl.int32)[:, None, :], axis=2)
+            part = tl.sum(xw[None, :, :].to(tl.int32) * u.to(tl.int32)[:, None, :], axis=2)
             tl.atomic_add(acc_ptr + rm[:, None] * s_am + rr[None, :], part,
                           mask=m_ok[:, None] & (rr < NR)[None, :], sem="relaxed")
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], q, mask=m_ok[:, None] & (rn < N)[None, :])
@@ -84,13 +84,12 @@ def _qin_proj_conv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val,
 
 
 def qin_proj_plan(n: int, k: int, m: int, xproj: bool) -> tuple[bool, int, int, int]:
-    """``(prefetch, BLOCK_N, BLOCK_K bytes, num_warps)``: ``int8_gemv_plan``'s word-kernel tiles for in_proj;
-    with ``x_proj`` 16 channels per program, so the accumulator takes a 16th as many atomic adds (BLOCK_N
-    is divided by the padded M)."""
-    variant, bn, bk, warps = int8_gemv_plan(n, k)
-    if xproj:
-        bn, bk, warps = 16, 512, 4
-    return variant.endswith("_pf"), max(1, bn // next_pow2(m)), bk, warps
+    """``(prefetch, BLOCK_N, BLOCK_K bytes, num_warps)`` (BLOCK_N divided by the padded M), from the H200 sweep
+    (benchmarks/qin_proj_sweep.py, graph, PDL off): mamba2-2.7b 16 rows x 512 B, 2 warps: 7.30 us against
+    9.04 for in_proj + conv update; with x_proj (mamba-2.8b) 32 rows, 4 warps: 8.19 us against 9.62 for
+    in_proj + conv_xproj. Few rows per program cost the x_proj accumulator many atomic adds (4 rows: 38.9 us)."""
+    bn, warps = (32, 4) if xproj else (16, 2)
+    return False, max(1, bn // next_pow2(m)), 512, warps
 
 
 def _check(h_q: Tensor, weight: Tensor, out_scale: Scale | None, conv_state: Tensor, conv_w: Tensor,
