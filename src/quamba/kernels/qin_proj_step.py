@@ -84,11 +84,12 @@ def _qin_proj_conv_kernel(x_ptr, w_ptr, out_ptr, xs_ptr, xs_val, ws_ptr, ws_val,
 
 
 def qin_proj_plan(n: int, k: int, m: int, xproj: bool) -> tuple[bool, int, int, int]:
-    """``(prefetch, BLOCK_N, BLOCK_K bytes, num_warps)`` (BLOCK_N divided by the padded M), from the H200 sweep
-    (benchmarks/qin_proj_sweep.py, graph, PDL off): mamba2-2.7b 16 rows x 512 B, 2 warps: 7.30 us against
-    9.04 for in_proj + conv update; with x_proj (mamba-2.8b) 32 rows, 4 warps: 8.19 us against 9.62 for
-    in_proj + conv_xproj. Few rows per program cost the x_proj accumulator many atomic adds (4 rows: 38.9 us)."""
-    bn, warps = (32, 4) if xproj else (16, 2)
+    """``(prefetch, BLOCK_N, BLOCK_K bytes, num_warps)`` (BLOCK_N divided by the padded M), picked by decode TPOT
+    in the model's PDL graph on the H200 (benchmarks/qin_proj_tpot.py): mamba2-2.7b 8 rows x 512 B, 2 warps
+    (1.528 ms against 1.570 for in_proj + conv update); with x_proj (mamba-2.8b) 32 rows, 8 warps (1.576 ms
+    against 1.672 for in_proj + conv_xproj; 32 rows on 4 warps: 1.894). Timed alone (qin_proj_sweep.py) the
+    ranking differs. Few rows per program cost the x_proj accumulator many atomic adds (4 rows: 38.9 us alone)."""
+    bn, warps = (32, 8) if xproj else (8, 2)
     return False, max(1, bn // next_pow2(m)), 512, warps
 
 
