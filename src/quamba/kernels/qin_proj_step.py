@@ -161,8 +161,6 @@ def qin_proj_conv_step(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Sca
                         conv_b_scale, conv_out_scale, start, zero, xproj_w, acc)
     out = torch.empty((m, n), device=h_q.device, dtype=torch.int8)
     ep = cached_epilogue_args(h_scale, w_scale, bias, out_scale, m, n, out)
-    if ep["flags"]["OS_MODE"] == 3:
-        raise InvalidArgumentError("qin_proj_conv_step needs in_proj's output scale (its conv takes int8)")
     (cws, cwsv, cwsm), (cbs, cbsv, cbsm), (cos, cosv, cosm) = (
         scale_arg(conv_w_scale, c, "conv_w_scale"),
         scale_arg(conv_b_scale if conv_b is not None else None, c, "conv_b_scale"),

@@ -114,7 +114,7 @@ class QMamba1Mixer(QModule):
         A, D, dt_bias = self._params()
         if state is not None and h.shape[1] == 1:
             acc, done = state.work
-            if h.dtype == torch.int8 and fused_in_proj():
+            if h.dtype == torch.int8 and acc is not None and fused_in_proj():
                 lin = self.in_proj
                 u, z = ops.qin_proj_conv_step(h[:, 0], lin.scale("input_scale"), lin.weight, lin.scale("weight_scale"),
                                               lin.bias, s_xz, state.conv, *self._conv_params(), s_u, 0,
