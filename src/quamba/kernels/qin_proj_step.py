@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InvalidArgumentError
+from ..ops import fused_reference as FR
 from ._small_common import old_taps, pow2, push_tap, scale_arg, store_window
 from .gemv import MAX_M, _words_ok, scratch_plan, word_dots, zero_scratch
 from .int8_gemm import cached_epilogue_args, epilogue_values, int8_linear
@@ -123,14 +124,15 @@ def _check(h_q: Tensor, weight: Tensor, out_scale: Scale | None, conv_state: Ten
         raise InvalidArgumentError(f"x_proj needs an int32 accumulator [{m}, {xproj_w.shape[0]}] (rows contiguous)")
 
 
-def _unfused(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Scale, bias: Tensor | None, out_scale: Scale,
-             conv_state: Tensor, conv_w: Tensor, conv_w_scale: Scale, conv_b: Tensor | None, conv_b_scale: Scale,
-             conv_out_scale: Scale, start: int, zero: Tensor | None, xproj_w: Tensor | None,
-             acc: Tensor | None) -> Tensor:
-    """The same step as two launches (more rows than the GEMV takes, or operands not readable as words)."""
+def two_launches(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Scale, bias: Tensor | None,
+                 out_scale: Scale, conv_state: Tensor, conv_w: Tensor, conv_w_scale: Scale, conv_b: Tensor | None,
+                 conv_b_scale: Scale, conv_out_scale: Scale, start: int, zero: Tensor | None = None,
+                 xproj_w: Tensor | None = None, acc: Tensor | None = None) -> Tensor:
+    """The same step as the two launches it replaces, in_proj then the conv (or Mamba1's conv + x_proj): for more
+    rows than the GEMV takes, operands not readable as words, and as the baseline of the benchmarks."""
     y = int8_linear(h_q, weight, h_scale, w_scale, bias, out_scale=out_scale)
     end = start + conv_state.shape[1]
-    in_scale = out_scale[start:end] if isinstance(out_scale, Tensor) and out_scale.numel() > 1 else out_scale
+    in_scale = FR.conv_input_scale(out_scale, start, end)
     if xproj_w is None:
         y[:, start:end] = qcausal_conv1d_update(y[:, start:end], conv_state, in_scale, conv_w, conv_w_scale, conv_b,
                                                 conv_b_scale, conv_out_scale, zero=zero)
@@ -157,8 +159,8 @@ def qin_proj_conv_step(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Sca
     if h_q.stride(-1) != 1:
         h_q = h_q.contiguous()
     if m == 0 or m > MAX_M or not _words_ok(h_q, weight):
-        return _unfused(h_q, h_scale, weight, w_scale, bias, out_scale, conv_state, conv_w, conv_w_scale, conv_b,
-                        conv_b_scale, conv_out_scale, start, zero, xproj_w, acc)
+        return two_launches(h_q, h_scale, weight, w_scale, bias, out_scale, conv_state, conv_w, conv_w_scale, conv_b,
+                            conv_b_scale, conv_out_scale, start, zero, xproj_w, acc)
     out = torch.empty((m, n), device=h_q.device, dtype=torch.int8)
     ep = cached_epilogue_args(h_scale, w_scale, bias, out_scale, m, n, out)
     (cws, cwsv, cwsm), (cbs, cbsv, cbsm), (cos, cosv, cosm) = (

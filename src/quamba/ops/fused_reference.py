@@ -125,6 +125,11 @@ def in_proj_conv_step(h: Tensor, weight: Tensor, bias: Tensor | None, conv_state
     return y
 
 
+def conv_input_scale(out_scale: Scale, start: int, end: int) -> Scale:
+    """The conv's input scale: in_proj's output scale on the conv columns ``[start, end)`` (per-tensor as is)."""
+    return out_scale[start:end] if isinstance(out_scale, Tensor) and out_scale.numel() > 1 else out_scale
+
+
 def qin_proj_conv_step(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Scale, bias: Tensor | None,
                        out_scale: Scale, conv_state: Tensor, conv_w: Tensor, conv_w_scale: Scale,
                        conv_b: Tensor | None, conv_b_scale: Scale, conv_out_scale: Scale, start: int,
@@ -136,7 +141,7 @@ def qin_proj_conv_step(h_q: Tensor, h_scale: Scale, weight: Tensor, w_scale: Sca
     With ``xproj_w [R, C]`` the exact int32 ``u @ xproj_w^T`` of those columns is added into ``acc [B, R]``."""
     y = Q.int8_linear(h_q, weight, h_scale, w_scale, bias, out_scale=out_scale)
     end = start + conv_state.shape[1]
-    in_scale = out_scale[start:end] if isinstance(out_scale, Tensor) and out_scale.numel() > 1 else out_scale
+    in_scale = conv_input_scale(out_scale, start, end)
     y[:, start:end] = Q.qcausal_conv1d_update(y[:, start:end], conv_state, in_scale, conv_w, conv_w_scale, conv_b,
                                               conv_b_scale, conv_out_scale, zero=zero)
     if xproj_w is not None:

@@ -133,10 +133,10 @@ class QMamba2Mixer(QModule):
                 and self.out_proj.hadamard_input and self.out_proj.act == "static")
 
     def _decode_fused(self, h: Tensor, state: LayerState) -> Tensor:
-        """One token in four launches instead of six: in_proj with the conv update (``ops.qin_proj_conv_step``,
-        which zeroes ``state.work[0]``), the SSD update + gate in one kernel (``ops.qssd_gate_step``, sums of
-        squares into ``state.work[0]``), the norm finished inside the Hadamard quantization of out_proj's input
-        (``ops.rms_hadamard_quant``), and out_proj."""
+        """One token in four launches instead of six (five with ``QUAMBA_FUSED_IN_PROJ=0``): in_proj with the
+        conv update (``ops.qin_proj_conv_step``, which zeroes ``state.work[0]``), the SSD update + gate in one
+        kernel (``ops.qssd_gate_step``, sums of squares into ``state.work[0]``), the norm finished inside the
+        Hadamard quantization of out_proj's input (``ops.rms_hadamard_quant``), and out_proj."""
         c, s = self.cfg, self._seg
         b = h.shape[0]
         ss = state.work[0]
